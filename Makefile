@@ -1,0 +1,38 @@
+# Two commands do all set-up on a fresh machine with Python >= 3.11:
+#   make run    installs what is missing, then starts the service
+#   make test   installs what is missing, then runs the whole suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint bench lock clean
+
+$(STAMP): requirements-dev.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Python >= 3.11 is required (PYTHON=$(PYTHON))"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.lock
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m app
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check app tests benchmarks
+	$(VENV)/bin/ruff format --check app tests benchmarks
+	$(VENV)/bin/mypy app
+
+bench: $(STAMP)
+	$(PY) benchmarks/compare.py $(BENCH_ARGS)
+
+# Regenerate the lock files after changing pyproject.toml (needs `uv`: pip install uv).
+lock:
+	uv pip compile pyproject.toml --python-version 3.11 -o requirements.lock --quiet
+	uv pip compile pyproject.toml --python-version 3.11 --extra dev -o requirements-dev.lock --quiet
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

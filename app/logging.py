@@ -1,0 +1,116 @@
+"""structlog set-up: one line per event, phone numbers masked, secrets scrubbed.
+
+Every log line, ours and other libraries' (uvicorn, aiohttp, asyncio), goes through the same
+processors, so a secret cannot leak through a third-party logger either.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+import orjson
+import structlog
+
+# E.164-looking digit runs (with or without "+"), not glued to words or hyphens (UUIDs).
+_PHONE = re.compile(r"(?<![\w\-.])\+?\d{10,15}(?![\w\-])")
+# Keys whose values are never logged, whatever they hold.
+_DROPPED_KEYS = frozenset({"text", "auth_token", "authorization", "api_key", "password", "secret"})
+
+
+def mask_number(number: str) -> str:
+    """`+14155550100` -> `+1415***0100`: enough to correlate, not enough to dial."""
+    if len(number) < 9:
+        return "***"
+    return f"{number[:5]}***{number[-4:]}"
+
+
+def _mask_match(match: re.Match[str]) -> str:
+    return mask_number(match.group(0))
+
+
+def mask_text(value: str) -> str:
+    return _PHONE.sub(_mask_match, value)
+
+
+def _mask_values(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    event.pop("color_message", None)  # uvicorn's ANSI duplicate of the message
+    for key in [k for k in event if k in _DROPPED_KEYS or event[k] is None]:
+        if event[key] is None:
+            del event[key]
+        else:
+            event[key] = "[redacted]"
+    for key, value in event.items():
+        if isinstance(value, str) and any(c.isdigit() for c in value):
+            event[key] = mask_text(value)
+    return event
+
+
+class _SecretScrubber:
+    """Last processor: replaces configured secrets anywhere in the rendered line."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def __call__(self, _: Any, __: str, line: Any) -> Any:
+        for secret in self.secrets:
+            if secret in line:
+                line = line.replace(secret, "[redacted]")
+        return line
+
+
+def _orjson_dumps(obj: Any, default: Any = None) -> str:
+    return orjson.dumps(obj, default=default or str).decode()
+
+
+def configure_logging(*, level: str, fmt: str, secrets: Iterable[str] = ()) -> None:
+    """Configure structlog and the stdlib root logger once per process."""
+    numeric = logging.getLevelName(level.upper())
+    scrub = _SecretScrubber(secrets)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,  # before masking, so tracebacks are masked too
+        _mask_values,
+    ]
+    renderer: Any
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+
+    structlog.configure(
+        processors=[*shared, renderer, scrub],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+
+    # Other libraries' stdlib loggers: same masking, same renderer, same scrubbing.
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            renderer,
+            scrub,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "aiohttp", "asyncio"):
+        lib_logger = logging.getLogger(name)
+        lib_logger.handlers[:] = []
+        lib_logger.propagate = True
+    # Our own per-request line replaces uvicorn's access log.
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)

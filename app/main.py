@@ -1,0 +1,103 @@
+"""The application factory. `app.main:app` is built on first access, from the environment."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from app import __version__, errors, health
+from app.config import ConfigError, Settings, load_settings
+from app.logging import configure_logging, get_logger
+from app.middleware import RequestContextMiddleware
+from app.mms.router import router as mms_router
+from app.plivo.breaker import CircuitBreaker
+from app.plivo.client import AiohttpPlivoClient, PlivoClient
+from app.plivo.sender import Sender
+
+log = get_logger("app.main")
+
+
+def _plivo_client(settings: Settings) -> PlivoClient:
+    return AiohttpPlivoClient(
+        api_url=settings.plivo_api_url,
+        auth_id=settings.plivo_auth_id or "",
+        auth_token=settings.auth_token,
+        max_connections=settings.plivo_max_concurrency,
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    client = _plivo_client(settings)
+    app.state.sender = Sender(
+        client,
+        timeout_seconds=settings.plivo_timeout_seconds,
+        max_concurrency=settings.plivo_max_concurrency,
+        breaker=CircuitBreaker(
+            threshold=settings.circuit_failure_threshold,
+            reset_seconds=settings.circuit_reset_seconds,
+        ),
+    )
+    log.info("started", mode=client.mode, env=settings.app_env)
+    try:
+        yield
+    finally:
+        await client.aclose()
+        log.info("stopped")
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        app.openapi_schema = errors.move_problems_to_problem_json(schema)
+    return app.openapi_schema
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    configure_logging(
+        level=settings.log_level, fmt=settings.effective_log_format, secrets=settings.secrets()
+    )
+    docs = settings.effective_docs_enabled
+    app = FastAPI(
+        title="mms-gateway",
+        version=__version__,
+        description="Send MMS (pictures, audio, video with text) to US and Canadian phones "
+        "through Plivo. Errors are RFC 9457 problem+json with a stable `code`.",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    app.state.settings = settings
+    errors.install_error_handlers(app)
+    app.include_router(mms_router)
+    app.include_router(health.router)
+    app.add_middleware(RequestContextMiddleware)
+    app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
+    return app
+
+
+@functools.cache
+def _app_from_environment() -> FastAPI:
+    try:
+        return create_app()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def __getattr__(name: str) -> Any:
+    # `uvicorn app.main:app` reads this attribute; tests call create_app(settings) instead.
+    if name == "app":
+        return _app_from_environment()
+    raise AttributeError(name)

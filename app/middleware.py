@@ -1,0 +1,127 @@
+"""Pure ASGI middleware (no BaseHTTPMiddleware): request id, body limit, one log line."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import PayloadTooLarge, problem_response
+from app.logging import get_logger
+
+MAX_BODY_BYTES = 64 * 1024
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+log = get_logger("app.access")
+
+# Called once per request: (method, route template, status, seconds).
+Observer = Callable[[str, str, int, float], None]
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from `receive` mid-body; FastAPI re-raises HTTPExceptions untouched."""
+
+    def __init__(self) -> None:
+        super().__init__(413, f"The body exceeds {MAX_BODY_BYTES} bytes.")
+
+
+def request_id_from(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            candidate: str = value.decode("latin-1")
+            if _SAFE_REQUEST_ID.fullmatch(candidate):
+                return candidate
+            break
+    return os.urandom(16).hex()
+
+
+def route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    return str(getattr(route, "path", None) or "unmatched")
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, observe: Observer | None = None) -> None:
+        self.app = app
+        self.observe = observe
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = request_id_from(scope)
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        rid_header = (b"x-request-id", request_id.encode())
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                message["headers"] = [*message.get("headers", ()), rid_header]
+            await send(message)
+
+        length = _content_length(scope)
+        try:
+            if length is not None and length > MAX_BODY_BYTES:
+                # Answer at once, without reading the body.
+                error = PayloadTooLarge(f"The body exceeds {MAX_BODY_BYTES} bytes.")
+                await problem_response(error, request_id)(scope, receive, send_with_id)
+            else:
+                await self.app(scope, _limited(receive), send_with_id)
+        except BodyTooLarge:
+            if response_started:
+                raise
+            error = PayloadTooLarge(f"The body exceeds {MAX_BODY_BYTES} bytes.")
+            await problem_response(error, request_id)(scope, receive, send_with_id)
+        finally:
+            duration = time.perf_counter() - started
+            route = route_template(scope)
+            if self.observe is not None:
+                self.observe(scope["method"], route, status, duration)
+            log.info(
+                "request",
+                method=scope["method"],
+                route=route,
+                status=status,
+                duration_ms=round(duration * 1000, 2),
+                caller=state.get("caller"),
+                message_uuid=state.get("message_uuid"),
+            )
+            structlog.contextvars.reset_contextvars(**tokens)
+
+
+def _limited(receive: Receive) -> Receive:
+    """Count body bytes as they arrive (chunked bodies have no Content-Length)."""
+    seen = 0
+
+    async def receive_limited() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > MAX_BODY_BYTES:
+                raise BodyTooLarge()
+        return message
+
+    return receive_limited

@@ -1,0 +1,97 @@
+"""Request and response models of the MMS endpoints."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Annotated
+
+import phonenumbers
+from pydantic import (
+    AfterValidator,
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictStr,
+    TypeAdapter,
+)
+
+E164 = re.compile(r"\+[1-9][0-9]{1,14}")  # ASCII digits only: \d would admit other scripts
+MMS_REGIONS = frozenset({"US", "CA"})
+MAX_URL_LENGTH = 2048
+_http_url = TypeAdapter(AnyHttpUrl)
+
+
+@lru_cache(maxsize=8192)
+def _number_problem(number: str) -> str | None:
+    if not E164.fullmatch(number):
+        return "must be an E.164 number such as +14155550100"
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException:
+        return "must be an E.164 number such as +14155550100"
+    if not phonenumbers.is_valid_number(parsed):
+        return "is not a valid phone number"
+    if phonenumbers.region_code_for_number(parsed) not in MMS_REGIONS:
+        return "must be a US or Canadian number (Plivo sends MMS only there)"
+    return None
+
+
+def us_ca_number(value: str) -> str:
+    problem = _number_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def media_url(value: str) -> str:
+    if len(value) > MAX_URL_LENGTH:
+        raise ValueError(f"must be at most {MAX_URL_LENGTH} characters")
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError("must not contain spaces or control characters")
+    try:
+        url = _http_url.validate_python(value)
+    except ValueError:
+        raise ValueError("must be an absolute http or https URL") from None
+    if not url.host:
+        raise ValueError("must be an absolute http or https URL")
+    return value  # sent exactly as given, not pydantic's normalised form
+
+
+PhoneNumber = Annotated[
+    StrictStr,
+    AfterValidator(us_ca_number),
+    Field(description="Recipient, E.164, a valid US or Canadian number", examples=["+14155550100"]),
+]
+MediaUrl = Annotated[StrictStr, AfterValidator(media_url)]
+
+
+class SendRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "to": "+14155550100",
+                    "media_urls": ["https://example.com/cat.png"],
+                    "text": "Hello from mms-gateway",
+                }
+            ]
+        },
+    )
+
+    to: PhoneNumber
+    media_urls: Annotated[
+        list[MediaUrl],
+        Field(min_length=1, max_length=10, description="1–10 absolute http(s) URLs, ≤ 2048 chars"),
+    ]
+    text: Annotated[StrictStr, Field(min_length=1, max_length=1600)]
+
+
+class SendResponse(BaseModel):
+    """The tutorial's shape, exactly: Plivo's 202 means queued, not delivered."""
+
+    message: str = Field(examples=["message(s) queued"])
+    messageUuid: list[str] = Field(examples=[["db3ce55a-7f1d-11e1-8ea7-1231380bc196"]])
+    apiId: str = Field(examples=["db342550-7f1d-11e1-8ea7-1231380bc196"])

@@ -1,0 +1,217 @@
+"""One send toward Plivo under the SPEC's rules: a total deadline, a concurrency cap, a
+circuit breaker, and retries only where Plivo certainly did not take the message."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from typing import Literal
+
+from app.errors import (
+    AppError,
+    PlivoRejected,
+    UpstreamAuthFailed,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from app.logging import get_logger
+from app.plivo.breaker import CircuitBreaker, CircuitOpen
+from app.plivo.client import (
+    Accepted,
+    OutboundMms,
+    PlivoBadResponse,
+    PlivoClient,
+    PlivoDropped,
+    PlivoError,
+    PlivoHTTPError,
+    PlivoTimeout,
+    PlivoUnreachable,
+)
+
+log = get_logger("app.sender")
+
+MAX_ATTEMPTS = 3
+SLOT_WAIT_SECONDS = 1.0
+BACKOFF_BASE_SECONDS = 0.2
+BACKOFF_CAP_SECONDS = 2.0
+DEFAULT_RETRY_AFTER = 2
+
+# What a failed send leaves behind (SPEC §3 "What is stored").
+Outcome = Literal["rejected", "unknown"] | None
+
+
+def _with_outcome(error: AppError, outcome: Outcome) -> AppError:
+    error.outcome = outcome  # type: ignore[attr-defined]
+    return error
+
+
+def outcome_of(error: AppError) -> Outcome:
+    """`rejected`/`unknown` when the failure must be stored and replayed, else None."""
+    return getattr(error, "outcome", None)
+
+
+def _retry_after_header(seconds: float | None) -> dict[str, str]:
+    value = DEFAULT_RETRY_AFTER if seconds is None else max(1, math.ceil(seconds))
+    return {"Retry-After": str(value)}
+
+
+def map_plivo_error(exc: PlivoError) -> AppError:
+    """Plivo's answer (or silence) -> our error code, status and stored outcome."""
+    api_id = exc.api_id
+    if isinstance(exc, PlivoHTTPError):
+        status = exc.status
+        if status in (400, 422):
+            return _with_outcome(PlivoRejected(exc.error, plivo_api_id=api_id), "rejected")
+        if status in (401, 403):
+            detail = "Plivo refused the service's credentials or permissions."
+            return _with_outcome(UpstreamAuthFailed(detail, plivo_api_id=api_id), None)
+        if status == 429:
+            return _with_outcome(
+                UpstreamRateLimited(
+                    "Plivo is rate-limiting this account; retry later.",
+                    headers=_retry_after_header(exc.retry_after),
+                    plivo_api_id=api_id,
+                ),
+                None,
+            )
+        if status == 503:
+            return _with_outcome(
+                UpstreamUnavailable(
+                    "Plivo is unavailable; retry later.",
+                    headers=_retry_after_header(exc.retry_after),
+                    plivo_api_id=api_id,
+                ),
+                None,
+            )
+        detail = f"Plivo answered HTTP {status}; the message may or may not have been queued."
+        outcome: Outcome = "unknown" if exc.may_have_sent else None
+        return _with_outcome(UpstreamError(detail, plivo_api_id=api_id), outcome)
+    if isinstance(exc, PlivoUnreachable):
+        return _with_outcome(
+            UpstreamUnavailable("Plivo could not be reached.", headers=_retry_after_header(None)),
+            None,
+        )
+    if isinstance(exc, PlivoDropped):
+        detail = "The connection to Plivo broke after the request was sent; outcome unknown."
+        return _with_outcome(UpstreamError(detail), "unknown")
+    if isinstance(exc, PlivoBadResponse):
+        detail = "Plivo's answer could not be understood; the message may have been queued."
+        return _with_outcome(UpstreamError(detail), "unknown")
+    if isinstance(exc, PlivoTimeout):
+        detail = "Plivo did not answer in time; the message may or may not have been queued."
+        return _with_outcome(UpstreamTimeout(detail), "unknown")
+    return _with_outcome(UpstreamError(str(exc)), "unknown")
+
+
+def _is_retryable(exc: PlivoError) -> bool:
+    if isinstance(exc, PlivoUnreachable):
+        return True
+    return isinstance(exc, PlivoHTTPError) and exc.status in (429, 503)
+
+
+def _is_sick(exc: PlivoError | None) -> bool:
+    """Outcomes that say Plivo is unwell: 5xx, timeouts, connection failures (not 4xx, 429)."""
+    if exc is None:
+        return False
+    if isinstance(exc, PlivoHTTPError):
+        return exc.status >= 500
+    return True
+
+
+class Sender:
+    """Wraps a PlivoClient (live or sandbox) with the deadline, cap, breaker and retries."""
+
+    def __init__(
+        self,
+        client: PlivoClient,
+        *,
+        timeout_seconds: float,
+        max_concurrency: int,
+        breaker: CircuitBreaker,
+    ) -> None:
+        self.client = client
+        self.timeout_seconds = timeout_seconds
+        self.max_concurrency = max_concurrency
+        self.breaker = breaker
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self.in_flight = 0
+
+    def check_breaker(self) -> None:
+        """Fail fast, before any limit is counted, while the breaker is open."""
+        try:
+            self.breaker.check()
+        except CircuitOpen as exc:
+            raise _circuit_open(exc) from None
+
+    async def send(self, mms: OutboundMms) -> Accepted:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_seconds
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout=SLOT_WAIT_SECONDS)
+        except TimeoutError:
+            raise UpstreamUnavailable(
+                "Too many sends in flight toward Plivo; retry shortly.",
+                headers={"Retry-After": "1"},
+            ) from None
+        try:
+            try:
+                is_trial = self.breaker.admit()
+            except CircuitOpen as exc:
+                raise _circuit_open(exc) from None
+            if is_trial:
+                log.info("circuit_trial")
+            try:
+                return await self._attempts(mms, deadline)
+            finally:
+                if is_trial:  # cancelled or finished: the next send may be the trial again
+                    self.breaker.release_trial()
+        finally:
+            self._slots.release()
+
+    async def _attempts(self, mms: OutboundMms, deadline: float) -> Accepted:
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = deadline - loop.time()
+            self.in_flight += 1
+            try:
+                if remaining <= 0:
+                    raise PlivoTimeout("deadline reached before the attempt")
+                accepted = await self.client.send_mms(mms, timeout=remaining)
+            except PlivoError as exc:
+                delay = self._retry_delay(exc, attempt, deadline - loop.time())
+                if delay is None:
+                    self.breaker.record(sick=_is_sick(exc))
+                    raise map_plivo_error(exc) from None
+                log.info("plivo_retry", attempt=attempt, delay_s=round(delay, 3), error=str(exc))
+            else:
+                self.breaker.record(sick=False)
+                return accepted
+            finally:
+                self.in_flight -= 1
+            await asyncio.sleep(delay)
+
+    @staticmethod
+    def _retry_delay(exc: PlivoError, attempt: int, remaining: float) -> float | None:
+        """Seconds to wait before retrying, or None when this failure is final."""
+        if attempt >= MAX_ATTEMPTS or not _is_retryable(exc):
+            return None
+        backoff = random.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt))
+        retry_after = getattr(exc, "retry_after", None)
+        delay = max(backoff, retry_after) if retry_after is not None else backoff
+        # A retry needs time to run after the wait; never wait past the deadline.
+        return delay if delay + 0.05 < remaining else None
+
+
+def _circuit_open(exc: CircuitOpen) -> AppError:
+    return _with_outcome(
+        UpstreamUnavailable(
+            "Plivo has been failing; the circuit breaker is open.",
+            headers={"Retry-After": str(exc.retry_after)},
+        ),
+        None,
+    )
