@@ -169,10 +169,6 @@ class Settings(BaseSettings):
                     raise ConfigError(f"{name}: required when APP_ENV=production")
             if not self.api_keys:
                 raise ConfigError("API_KEYS: required when APP_ENV=production (auth cannot be off)")
-        elif not has_id:
-            raise ConfigError(
-                "PLIVO_AUTH_ID: Plivo credentials are required (PLIVO_AUTH_ID, PLIVO_AUTH_TOKEN)"
-            )
         if has_id and self.plivo_sender_number is None:
             raise ConfigError("PLIVO_SENDER_NUMBER: required with Plivo credentials")
         return self
@@ -189,6 +185,11 @@ class Settings(BaseSettings):
     @property
     def effective_docs_enabled(self) -> bool:
         return self.docs_enabled if self.docs_enabled is not None else not self.is_production
+
+    @property
+    def sandbox(self) -> bool:
+        """No credentials in development: Plivo is simulated in process (never in production)."""
+        return self.plivo_auth_id is None and not self.is_production
 
     @property
     def auth_token(self) -> str:

@@ -25,7 +25,8 @@ def mask_number(number: str) -> str:
     """`+14155550100` -> `+1415***0100`: enough to correlate, not enough to dial."""
     if len(number) < 9:
         return "***"
-    return f"{number[:5]}***{number[-4:]}"
+    keep = 5 if number.startswith("+") else 4  # country code and area code
+    return f"{number[:keep]}***{number[-4:]}"
 
 
 def _mask_match(match: re.Match[str]) -> str:
@@ -62,6 +63,21 @@ class _SecretScrubber:
         return line
 
 
+class _StdoutLogger:
+    """Writes each line to the *current* sys.stdout (tests swap it), flushed at once."""
+
+    def msg(self, message: str) -> None:
+        stream = sys.stdout
+        stream.write(message + "\n")
+        stream.flush()
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
+def _stdout_logger(*_: Any) -> _StdoutLogger:
+    return _StdoutLogger()
+
+
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
     return orjson.dumps(obj, default=default or str).decode()
 
@@ -86,7 +102,7 @@ def configure_logging(*, level: str, fmt: str, secrets: Iterable[str] = ()) -> N
     structlog.configure(
         processors=[*shared, renderer, scrub],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),
+        logger_factory=_stdout_logger,
         cache_logger_on_first_use=True,
     )
 

@@ -12,18 +12,24 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app import __version__, errors, health
+from app.auth import Authenticator
 from app.config import ConfigError, Settings, load_settings
 from app.logging import configure_logging, get_logger
 from app.middleware import RequestContextMiddleware
 from app.mms.router import router as mms_router
+from app.mms.schemas import SendRequest
 from app.plivo.breaker import CircuitBreaker
 from app.plivo.client import AiohttpPlivoClient, PlivoClient
+from app.plivo.sandbox import SandboxPlivoClient
 from app.plivo.sender import Sender
+from app.ratelimit import ClientRateLimitMiddleware, Limits, LimitStore
 
 log = get_logger("app.main")
 
 
 def _plivo_client(settings: Settings) -> PlivoClient:
+    if settings.sandbox:
+        return SandboxPlivoClient()
     return AiohttpPlivoClient(
         api_url=settings.plivo_api_url,
         auth_id=settings.plivo_auth_id or "",
@@ -45,6 +51,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             reset_seconds=settings.circuit_reset_seconds,
         ),
     )
+    if settings.sandbox:
+        log.warning(
+            "SANDBOX MODE: no Plivo credentials, nothing is sent to Plivo; "
+            "set PLIVO_AUTH_ID and PLIVO_AUTH_TOKEN to send for real"
+        )
+    if not app.state.auth.enabled:
+        log.warning("API_KEYS is empty: authentication is off (development only)")
     log.info("started", mode=client.mode, env=settings.app_env)
     try:
         yield
@@ -58,6 +71,14 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         schema = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
+        components = schema.setdefault("components", {})
+        components.setdefault("schemas", {})["SendRequest"] = SendRequest.model_json_schema(
+            ref_template="#/components/schemas/{model}"
+        )
+        components["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        }
         app.openapi_schema = errors.move_problems_to_problem_json(schema)
     return app.openapi_schema
 
@@ -79,9 +100,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
     )
     app.state.settings = settings
+    app.state.auth = Authenticator(settings.api_keys)
+    app.state.limit_store = LimitStore(settings.rate_limit_storage_url)
+    app.state.limits = Limits(
+        app.state.limit_store,
+        per_ip=settings.rate_limit,
+        per_destination=settings.rate_limit_per_destination,
+        daily_quota=settings.daily_quota_per_key,
+    )
     errors.install_error_handlers(app)
     app.include_router(mms_router)
     app.include_router(health.router)
+    # Outermost last: request id and log line around everything, then the per-IP limit.
+    app.add_middleware(ClientRateLimitMiddleware, limits=app.state.limits)
     app.add_middleware(RequestContextMiddleware)
     app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
     return app

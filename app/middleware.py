@@ -41,8 +41,10 @@ def request_id_from(scope: Scope) -> str:
 
 
 def route_template(scope: Scope) -> str:
+    """The matched route's template (bounded cardinality for logs and metrics)."""
     route = scope.get("route")
-    return str(getattr(route, "path", None) or "unmatched")
+    path = getattr(route, "path", None) or scope.get("state", {}).get("route")
+    return str(path or "unmatched")
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -106,7 +108,9 @@ class RequestContextMiddleware:
                 status=status,
                 duration_ms=round(duration * 1000, 2),
                 caller=state.get("caller"),
+                to=state.get("to"),
                 message_uuid=state.get("message_uuid"),
+                code=state.get("code"),
             )
             structlog.contextvars.reset_contextvars(**tokens)
 

@@ -58,11 +58,18 @@ def settings(settings_factory: Callable[..., Settings]) -> Settings:
     return settings_factory()
 
 
+def asgi_client(app: Any, client_ip: str = "127.0.0.1") -> httpx.AsyncClient:
+    """An HTTP client that talks to the app in process, as `client_ip`."""
+    transport = httpx.ASGITransport(app=app, client=(client_ip, 50000))
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+
 async def _running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-            yield c
+    manager = LifespanManager(app, startup_timeout=30, shutdown_timeout=30)
+    async with manager, asgi_client(manager.app) as c:
+        c.app_running = manager.app  # type: ignore[attr-defined]  # for more clients
+        c.fastapi_app = app  # type: ignore[attr-defined]  # for app.state
+        yield c
 
 
 @pytest.fixture
@@ -82,3 +89,37 @@ def client_for() -> Callable[[Settings], Any]:
             yield c
 
     return make
+
+
+def _redis_available(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A private Redis database on the machine's real server, flushed before and after.
+
+    Skips on a laptop without Redis; never in CI (CI=true), where Redis is required.
+    """
+    import redis
+
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+    if not _redis_available(url):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis is required in CI but {url} is unreachable")
+        pytest.skip(f"Redis not reachable at {url}")
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+KEY_A = "alpha-0123456789abcdef"
+KEY_B = "bravo-0123456789abcdef"
+API_KEYS = f"alpha:{KEY_A},bravo:{KEY_B}"

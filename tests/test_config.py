@@ -88,7 +88,15 @@ def test_process_refuses_with_one_line_and_no_traceback(tmp_path, env, variable)
     assert "Traceback" not in result.stderr + result.stdout
 
 
-def test_development_without_credentials_is_refused(monkeypatch):
+def test_development_without_credentials_is_sandbox():
+    settings = load_settings(_env_file=None)
+    assert settings.sandbox and settings.sender_number == "+14155550000"
+
+
+def test_production_is_never_sandbox(monkeypatch):
+    """Production without credentials is refused rather than silently simulated."""
+    monkeypatch.setenv("APP_ENV", "production")
+    monkeypatch.setenv("API_KEYS", "svc:0123456789abcdef0123")
     with pytest.raises(ConfigError, match=r"^PLIVO_AUTH_ID:"):
         load_settings(_env_file=None)
 

@@ -6,6 +6,7 @@ from app.config import Settings
 from app.mms.schemas import SendRequest, SendResponse
 from app.plivo.client import OutboundMms
 from app.plivo.sender import Sender
+from app.ratelimit import Limits
 
 STATUS_CALLBACK_PATH = "/api/mms/status"
 
@@ -15,8 +16,12 @@ def callback_url(settings: Settings) -> str | None:
     return f"{settings.public_base_url}{STATUS_CALLBACK_PATH}" if settings.public_base_url else None
 
 
-async def send_mms(request: SendRequest, *, sender: Sender, settings: Settings) -> SendResponse:
-    """Validate (done by the model), call Plivo, answer with the tutorial's shape."""
+async def send_mms(
+    request: SendRequest, *, caller: str, sender: Sender, limits: Limits, settings: Settings
+) -> SendResponse:
+    """Check the limits that count only real sends, call Plivo, answer the tutorial's shape."""
+    sender.check_breaker()  # an open breaker answers at once and counts against no limit
+    await limits.check_send(destination=request.to, caller=caller)
     mms = OutboundMms(
         src=settings.sender_number,
         dst=request.to,

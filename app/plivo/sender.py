@@ -178,17 +178,32 @@ class Sender:
             attempt += 1
             remaining = deadline - loop.time()
             self.in_flight += 1
+            started = loop.time()
             try:
                 if remaining <= 0:
                     raise PlivoTimeout("deadline reached before the attempt")
                 accepted = await self.client.send_mms(mms, timeout=remaining)
             except PlivoError as exc:
+                log.debug(
+                    "plivo_attempt",
+                    attempt=attempt,
+                    outcome=type(exc).__name__,
+                    error=str(exc),
+                    duration_ms=round((loop.time() - started) * 1000, 2),
+                )
                 delay = self._retry_delay(exc, attempt, deadline - loop.time())
                 if delay is None:
                     self.breaker.record(sick=_is_sick(exc))
                     raise map_plivo_error(exc) from None
                 log.info("plivo_retry", attempt=attempt, delay_s=round(delay, 3), error=str(exc))
             else:
+                log.debug(
+                    "plivo_attempt",
+                    attempt=attempt,
+                    outcome="accepted",
+                    api_id=accepted.api_id,
+                    duration_ms=round((loop.time() - started) * 1000, 2),
+                )
                 self.breaker.record(sick=False)
                 return accepted
             finally:

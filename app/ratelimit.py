@@ -1,0 +1,230 @@
+"""Rate limits and the daily quota, on `limits.aio` (moving window; Redis or memory).
+
+Why not slowapi, the design's first choice (checked in slowapi 0.1.10's code): its
+storage calls are synchronous, so every Redis round trip blocks the event loop; its ASGI
+middleware turns any storage error into a 500 on every route; it walks every route per
+request and buffers each response start. `limits.aio` — the library slowapi itself is
+built on — has async Redis storages and the same moving-window algorithm, so the limits
+here are `limits`' own; only the fallback and the HTTP plumbing are ours.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+from limits import RateLimitItem, RateLimitItemPerDay, parse
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import (
+    DestinationRateLimited,
+    QuotaExceeded,
+    RateLimited,
+    problem_response,
+)
+from app.logging import get_logger
+
+log = get_logger("app.ratelimit")
+T = TypeVar("T")
+
+REDIS_TIMEOUT_SECONDS = 0.25
+REDIS_RETRY_AFTER_SECONDS = 5.0
+SEND_PATH = "/api/mms/send"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_at: float  # epoch seconds when a slot frees up
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """X-RateLimit-* of the per-client limit (and Retry-After when refused)."""
+        headers = [
+            (b"x-ratelimit-limit", str(self.limit).encode()),
+            (b"x-ratelimit-remaining", str(max(0, self.remaining)).encode()),
+            (b"x-ratelimit-reset", str(math.ceil(self.reset_at)).encode()),
+        ]
+        if not self.allowed:
+            headers.append((b"retry-after", str(self.retry_after).encode()))
+        return headers
+
+    @property
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self.reset_at - time.time()))
+
+
+class LimitStore:
+    """One storage for every limit, with the SPEC's fallback.
+
+    When Redis fails, counting continues in process memory (each replica counts alone),
+    `degraded` is True for /ready, and Redis is tried again every few seconds.
+    """
+
+    def __init__(self, url: str, *, on_fallback: Callable[[], None] | None = None) -> None:
+        self.url = url
+        self._memory: Storage = MemoryStorage()
+        self._redis: Storage | None = None
+        if url.startswith(("redis://", "rediss://")):
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            self._redis = RedisStorage(
+                f"async+{url}",
+                implementation="redispy",
+                key_prefix="mms-gateway",
+                socket_timeout=REDIS_TIMEOUT_SECONDS,
+                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+                retry=Retry(NoBackoff(), 0),  # type: ignore[arg-type]  # fail fast; the fallback is the retry
+            )
+        storages: list[Storage] = [s for s in (self._memory, self._redis) if s is not None]
+        self._moving: dict[Storage, MovingWindowRateLimiter] = {
+            s: MovingWindowRateLimiter(s) for s in storages
+        }
+        self._fixed: dict[Storage, FixedWindowRateLimiter] = {
+            s: FixedWindowRateLimiter(s) for s in storages
+        }
+        self._on_fallback = on_fallback
+        self._redis_down_until = 0.0
+        self.degraded = False
+
+    @property
+    def shared(self) -> bool:
+        return self._redis is not None
+
+    async def run(self, operation: Callable[[Storage], Awaitable[T]]) -> T:
+        redis = self._redis
+        if redis is not None and time.monotonic() >= self._redis_down_until:
+            try:
+                result = await operation(redis)
+            except Exception as exc:
+                self._redis_down_until = time.monotonic() + REDIS_RETRY_AFTER_SECONDS
+                if not self.degraded:
+                    log.error("rate_limit_storage_down", error=type(exc).__name__)
+                self.degraded = True
+                if self._on_fallback:
+                    self._on_fallback()
+            else:
+                if self.degraded:
+                    log.warning("rate_limit_storage_recovered")
+                    self.degraded = False
+                return result
+        return await operation(self._memory)
+
+    async def moving_hit(self, item: RateLimitItem, *key: str) -> Verdict:
+        async def hit(storage: Storage) -> Verdict:
+            limiter = self._moving[storage]
+            allowed = await limiter.hit(item, *key)
+            stats = await limiter.get_window_stats(item, *key)
+            return Verdict(allowed, item.amount, stats.remaining, stats.reset_time)
+
+        return await self.run(hit)
+
+    async def daily_hit(self, amount: int, *key: str) -> Verdict:
+        """Fixed window per UTC calendar day: the date is part of the key."""
+        now = datetime.now(UTC)
+        midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        item = RateLimitItemPerDay(amount)
+        day_key = (*key, now.strftime("%Y-%m-%d"))
+
+        async def hit(storage: Storage) -> Verdict:
+            limiter = self._fixed[storage]
+            allowed = await limiter.hit(item, *day_key)
+            stats = await limiter.get_window_stats(item, *day_key)
+            return Verdict(allowed, amount, stats.remaining, midnight.timestamp())
+
+        return await self.run(hit)
+
+    async def check(self) -> bool:
+        """Is the shared storage reachable? (True when there is none.)"""
+        if self._redis is None:
+            return True
+        try:
+            return bool(await self._redis.check())
+        except Exception:
+            return False
+
+    async def reset(self) -> None:
+        await self._memory.reset()
+        if self._redis is not None:
+            await self._redis.reset()
+
+
+class Limits:
+    """The three limits of the send route."""
+
+    def __init__(
+        self, store: LimitStore, *, per_ip: str, per_destination: str, daily_quota: int
+    ) -> None:
+        self.store = store
+        self.per_ip = parse(per_ip)
+        self.per_destination = parse(per_destination)
+        self.daily_quota = daily_quota
+
+    async def check_client(self, client: str) -> Verdict:
+        return await self.store.moving_hit(self.per_ip, "ip", client)
+
+    async def check_send(self, *, destination: str, caller: str) -> None:
+        """Per-destination limit, then the caller's daily quota. Raises when either is hit.
+
+        Called only for sends that go on toward Plivo: rejected requests and replays never
+        get here, so they do not count.
+        """
+        verdict = await self.store.moving_hit(self.per_destination, "dst", destination)
+        if not verdict.allowed:
+            raise DestinationRateLimited(
+                "Too many messages to this number; retry later.",
+                headers={"Retry-After": str(verdict.retry_after)},
+            )
+        if self.daily_quota:
+            verdict = await self.store.daily_hit(self.daily_quota, "quota", caller)
+            if not verdict.allowed:
+                raise QuotaExceeded(
+                    "This API key's daily quota is used up until midnight UTC.",
+                    headers={"Retry-After": str(verdict.retry_after)},
+                )
+
+
+class ClientRateLimitMiddleware:
+    """Per-client-IP limit on the send route, counted before routing and validation.
+
+    Every request to the path counts — valid or not, authenticated or not — so a flood of
+    bad requests is still a flood. The client address is `scope["client"]`, which uvicorn's
+    proxy-headers middleware sets from X-Forwarded-For only for FORWARDED_ALLOW_IPS peers.
+    """
+
+    def __init__(self, app: ASGIApp, limits: Limits) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != SEND_PATH:
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        verdict = await self.limits.check_client(client[0] if client else "unknown")
+        if not verdict.allowed:
+            error = RateLimited(
+                "Too many requests from this client; retry later.",
+                headers={k.decode(): v.decode() for k, v in verdict.headers()},
+            )
+            state = scope.setdefault("state", {})
+            state["route"] = SEND_PATH  # refused before routing: name the route for the log
+            state["code"] = error.code
+            await problem_response(error, state.get("request_id", "-"))(scope, receive, send)
+            return
+        extra = verdict.headers()
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

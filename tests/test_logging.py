@@ -1,0 +1,71 @@
+"""Logs at LOG_LEVEL=debug: one JSON line per request, no secret, key, text or full number."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from app.logging import mask_number, mask_text
+from tests import fakeplivo as fp
+from tests.conftest import API_KEYS, KEY_A, KEY_B
+from tests.fakeplivo import AUTH_ID, AUTH_TOKEN
+from tests.server import Server, base_env
+
+TEXT = "top-secret-message-text-4711"
+NUMBER = "+14155550123"
+
+
+def test_masking():
+    assert mask_number("+14155550100") == "+1415***0100"
+    assert mask_text("to +14155550100 and 14155550101 not 1234") == (
+        "to +1415***0100 and 1415***0101 not 1234"
+    )
+    assert mask_text("uuid 8777463d-0b17-437b-9692-612345678901") == (
+        "uuid 8777463d-0b17-437b-9692-612345678901"
+    )
+
+
+@pytest.mark.e2e
+def test_debug_logs_leak_nothing(fake_plivo, tmp_path):
+    env = base_env(
+        fake_plivo.url,
+        LOG_LEVEL="debug",
+        API_KEYS=API_KEYS,
+        METRICS_TOKEN="metrics-token-0123456789",
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/mms.db",
+    )
+    server = Server(env, tmp_path / "server.log").wait_healthy()
+    try:
+        body = {"to": NUMBER, "media_urls": ["https://e.x/a.png"], "text": TEXT}
+        url = f"{server.url}/api/mms/send"
+        assert httpx.post(url, json=body, headers={"X-API-Key": KEY_A}).status_code == 200
+        assert (
+            httpx.post(url, json=body, headers={"Authorization": f"Bearer {KEY_B}x"}).status_code
+            == 401
+        )
+        fake_plivo.script(fp.status(400, f"'{NUMBER}' is not a valid phone number."))
+        assert httpx.post(url, json=body, headers={"X-API-Key": KEY_B}).status_code == 400
+        fake_plivo.script(fp.drop())
+        assert httpx.post(url, json=body, headers={"X-API-Key": KEY_B}).status_code == 502
+        bad = {**body, "to": "+4420718387501234"}
+        assert httpx.post(url, json=bad, headers={"X-API-Key": KEY_B}).status_code == 422
+    finally:
+        assert server.terminate() == 0
+    logs = server.logs()
+    for secret in (AUTH_ID, AUTH_TOKEN, KEY_A, KEY_B, TEXT, "metrics-token-0123456789"):
+        assert secret not in logs, secret
+    for number in (NUMBER, NUMBER[1:], "4420718387501234"):
+        assert number not in logs, number
+    assert mask_number(NUMBER) in logs
+
+    lines = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+    requests = [
+        line for line in lines if line["event"] == "request" and line["route"] == "/api/mms/send"
+    ]
+    assert [r["status"] for r in requests] == [200, 401, 400, 502, 422]
+    for line in requests:
+        assert {"request_id", "route", "status", "duration_ms", "timestamp", "level"} <= set(line)
+    assert [r.get("caller") for r in requests] == ["alpha", None, "bravo", "bravo", "bravo"]
+    assert any(line["level"] == "debug" for line in lines)  # debug really was on
