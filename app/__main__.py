@@ -6,6 +6,7 @@ shutdown is done, which would kill a single-worker process "by signal"; we catch
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import sys
 
@@ -61,10 +62,26 @@ def main(argv: list[str]) -> int:
     configure_logging(
         level=settings.log_level, fmt=settings.effective_log_format, secrets=settings.secrets()
     )
+    if argv[:1] == ["migrate"]:
+        return asyncio.run(migrate_only(settings))
     if argv[:1] not in ([], ["serve"]):
-        print(f"usage: python -m app [serve]; unknown command {argv[0]!r}", file=sys.stderr)
+        print(f"usage: python -m app [serve|migrate]; unknown {argv[0]!r}", file=sys.stderr)
         return 2
     return serve(settings)
+
+
+async def migrate_only(settings: Settings) -> int:
+    """`python -m app migrate`: apply pending migrations (under the lock) and exit."""
+    from app.store.db import Database
+    from app.store.migrate import HEAD_REVISION, migrate
+
+    db = Database(settings.database_url)
+    try:
+        await migrate(db.engine, sqlite_path=db.sqlite_path)
+    finally:
+        await db.engine.dispose()
+    print(f"schema at revision {HEAD_REVISION}")
+    return 0
 
 
 if __name__ == "__main__":

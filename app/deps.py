@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from app.config import Settings
 from app.plivo.sender import Sender
 from app.ratelimit import Limits
+from app.store.db import Database
 
 # Async on purpose: FastAPI runs plain `def` dependencies in the thread pool.
 
@@ -28,6 +29,11 @@ async def get_limits(request: Request) -> Limits:
     return limits
 
 
+async def get_db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
 async def get_caller(request: Request) -> str:
     """The API key's name (401 without a valid key); `anonymous` when auth is off."""
     return str(request.app.state.auth.caller(request))
@@ -37,3 +43,4 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 SenderDep = Annotated[Sender, Depends(get_sender)]
 LimitsDep = Annotated[Limits, Depends(get_limits)]
 CallerDep = Annotated[str, Depends(get_caller)]
+DatabaseDep = Annotated[Database, Depends(get_db)]

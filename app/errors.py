@@ -89,7 +89,8 @@ UpstreamRateLimited = _error(503, "upstream_rate_limited", "Plivo is rate-limiti
 UpstreamUnavailable = _error(503, "upstream_unavailable", "Plivo is unavailable")
 UpstreamTimeout = _error(504, "upstream_timeout", "Plivo did not answer in time")
 InternalError = _error(500, "internal_error", "Internal server error")
-ServiceUnavailable = _error(503, "service_unavailable", "Service not ready")
+ServiceUnavailable = _error(503, "service_unavailable", "A dependency of the service failed")
+NotReady = _error(503, "not_ready", "This replica is not ready")
 
 ALL_ERRORS: tuple[type[AppError], ...] = tuple(
     v for v in list(globals().values()) if isinstance(v, type) and issubclass(v, AppError)
@@ -215,4 +216,12 @@ def move_problems_to_problem_json(schema: dict[str, Any]) -> dict[str, Any]:
                 if str(status)[0] in "45" and "application/json" in content:
                     moved = content.pop("application/json")
                     content.setdefault(PROBLEM_MEDIA_TYPE, {}).update(moved)
+                problem = content.get(PROBLEM_MEDIA_TYPE, {})
+                if problem.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
+                    # FastAPI's default 422 for path/query parameters: ours is a Problem too.
+                    problem["schema"] = {"$ref": "#/components/schemas/Problem"}
+                    response["description"] = "`validation_error`: Request validation failed"
+    schemas = schema.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
     return schema

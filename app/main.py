@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import FrameType
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
+from starlette.responses import Response
 
 from app import __version__, errors, health
 from app.auth import Authenticator
+from app.callbacks.router import router as callbacks_router
+from app.callbacks.service import record_status
 from app.config import ConfigError, Settings, load_settings
 from app.logging import configure_logging, get_logger
 from app.middleware import RequestContextMiddleware
@@ -23,6 +29,9 @@ from app.plivo.client import AiohttpPlivoClient, PlivoClient
 from app.plivo.sandbox import SandboxPlivoClient
 from app.plivo.sender import Sender
 from app.ratelimit import ClientRateLimitMiddleware, Limits, LimitStore
+from app.reconcile import Reconciler
+from app.retention import retention_loop
+from app.store.db import Database, StoreUnavailable
 
 log = get_logger("app.main")
 
@@ -38,10 +47,34 @@ def _plivo_client(settings: Settings) -> PlivoClient:
     )
 
 
+def _drain_on_sigterm(app: FastAPI) -> None:
+    """Turn /ready to 503 the moment SIGTERM arrives, then let uvicorn's handler run.
+
+    uvicorn installs its handlers before the lifespan starts and restores its predecessors
+    afterwards, so chaining here works for `python -m app` and plain `uvicorn` alike.
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+    if not callable(previous):
+        return
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        app.state.draining = True
+        log.warning("draining", reason="SIGTERM")
+        previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    app.state.draining = False
+    db = Database(settings.database_url)
+    await db.start()  # migrations under a lock, then the group-commit writer
+    app.state.db = db
     client = _plivo_client(settings)
+    if isinstance(client, SandboxPlivoClient):
+        client.deliver = functools.partial(record_status, db, source="sandbox")
     app.state.sender = Sender(
         client,
         timeout_seconds=settings.plivo_timeout_seconds,
@@ -51,6 +84,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             reset_seconds=settings.circuit_reset_seconds,
         ),
     )
+    reconciler = Reconciler(db, client, settings)
+    app.state.reconciler = reconciler
+    reconciler.start()
+    stopping = asyncio.Event()
+    retention = asyncio.create_task(retention_loop(db, settings.retention_days, stopping))
+    _drain_on_sigterm(app)
     if settings.sandbox:
         log.warning(
             "SANDBOX MODE: no Plivo credentials, nothing is sent to Plivo; "
@@ -58,12 +97,24 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
     if not app.state.auth.enabled:
         log.warning("API_KEYS is empty: authentication is off (development only)")
-    log.info("started", mode=client.mode, env=settings.app_env)
+    log.info("started", mode=client.mode, env=settings.app_env, store=db.dialect)
     try:
         yield
     finally:
-        await client.aclose()
+        # uvicorn has already let in-flight requests finish (SHUTDOWN_GRACE_SECONDS).
+        app.state.draining = True
+        stopping.set()
+        await reconciler.stop()
+        await retention
+        await client.aclose()  # the sandbox lets its simulated deliveries finish
+        await db.close()  # the writer commits what is queued
         log.info("stopped")
+
+
+async def _on_store_unavailable(request: Request, exc: Exception) -> Response:
+    error = errors.ServiceUnavailable("The message store is unavailable; retry shortly.")
+    error.headers["Retry-After"] = "5"
+    return errors.problem_response(error, errors.request_id_of(request))
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -109,7 +160,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         daily_quota=settings.daily_quota_per_key,
     )
     errors.install_error_handlers(app)
+    app.add_exception_handler(StoreUnavailable, _on_store_unavailable)
     app.include_router(mms_router)
+    app.include_router(callbacks_router)
     app.include_router(health.router)
     # Outermost last: request id and log line around everything, then the per-IP limit.
     app.add_middleware(ClientRateLimitMiddleware, limits=app.state.limits)

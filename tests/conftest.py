@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,6 +17,7 @@ from fastapi import FastAPI
 
 from app.config import Settings
 from app.main import create_app
+from app.store.db import Database
 from tests.fakeplivo import AUTH_ID, AUTH_TOKEN, FakePlivo
 
 # Tests configure the service explicitly: nothing from the developer's shell leaks in.
@@ -36,10 +41,32 @@ def fake_plivo(fake_plivo_server: FakePlivo) -> FakePlivo:
     return fake_plivo_server
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite database, built once; tests get copies (migrating costs ~0.1 s)."""
+    path = tmp_path_factory.mktemp("template") / "mms.db"
+
+    async def build() -> None:
+        db = Database(f"sqlite+aiosqlite:///{path}")
+        await db.start()
+        await db.close()
+
+    asyncio.run(build())
+    return path
+
+
 @pytest.fixture
-def settings_factory(fake_plivo: FakePlivo, tmp_path: Any) -> Callable[..., Settings]:
+def sqlite_url(migrated_sqlite: Path, tmp_path: Path) -> str:
+    target = tmp_path / "mms.db"
+    shutil.copy(migrated_sqlite, target)
+    return f"sqlite+aiosqlite:///{target}"
+
+
+@pytest.fixture
+def settings_factory(fake_plivo: FakePlivo, sqlite_url: str) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
+            "database_url": sqlite_url,
             "plivo_auth_id": AUTH_ID,
             "plivo_auth_token": AUTH_TOKEN,
             "plivo_sender_number": SENDER,
@@ -123,3 +150,62 @@ def redis_url() -> Iterator[str]:
 KEY_A = "alpha-0123456789abcdef"
 KEY_B = "bravo-0123456789abcdef"
 API_KEYS = f"alpha:{KEY_A},bravo:{KEY_B}"
+
+
+def psql(sql: str, database: str = "test") -> str:
+    """Run SQL as the postgres superuser on the machine's PostgreSQL (trust auth)."""
+    result = subprocess.run(
+        [
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qAtc",
+            sql,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout
+
+
+def _postgres_available() -> bool:
+    try:
+        return psql("SELECT 1").strip() == "1"
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A private schema on the machine's real PostgreSQL, dropped afterwards.
+
+    The schema belongs to a role of the same name, so PostgreSQL's default search_path
+    ("$user", public) puts the service's tables there with nothing but the URL configured.
+    Skips on a laptop without PostgreSQL; never in CI (CI=true).
+    """
+    if not _postgres_available():
+        if os.environ.get("CI") == "true":
+            pytest.fail("PostgreSQL is required in CI but 127.0.0.1:5432 is unreachable")
+        pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432")
+    name = "t_" + os.urandom(6).hex()
+    psql(f"CREATE ROLE {name} LOGIN; CREATE SCHEMA {name} AUTHORIZATION {name};")
+    yield f"postgresql+asyncpg://{name}@127.0.0.1:5432/test"
+    psql(
+        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{name}';"
+        f"DROP SCHEMA {name} CASCADE; DROP ROLE {name};"
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """Run the test on both stores: same code, same tests."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    return str(request.getfixturevalue(fixture))

@@ -30,15 +30,21 @@ AUTH_TOKEN = "fake-auth-token-0123456789"
 class Action:
     """What the fake does with one message request."""
 
-    kind: str = "ok"  # ok | status | hang | drop
+    kind: str = "ok"  # ok | status | raw | hang | drop | accept_then_drop
     status: int = 202
     body: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    uuid: str | None = None  # the message_uuid to hand out (default: a new one)
 
 
-def ok(delay: float = 0.0) -> Action:
-    return Action("ok", delay=delay)
+def ok(delay: float = 0.0, uuid: str | None = None) -> Action:
+    return Action("ok", delay=delay, uuid=uuid)
+
+
+def accept_then_drop() -> Action:
+    """Plivo queues the message, then the connection breaks before the answer arrives."""
+    return Action("accept_then_drop")
 
 
 def status(code: int, error: str = "injected", retry_after: str | None = None) -> Action:
@@ -173,7 +179,9 @@ class FakePlivo:
                 await asyncio.sleep(action.delay)
             if action.kind == "hang":
                 await asyncio.sleep(3600)
-            if action.kind == "drop":
+            if action.kind in ("drop", "accept_then_drop"):
+                if action.kind == "accept_then_drop":
+                    self._accept(body)
                 assert request.transport is not None
                 request.transport.abort()  # the request was read: it is "sent"
                 raise asyncio.CancelledError
@@ -185,15 +193,15 @@ class FakePlivo:
                     body=(action.body or {})["raw"].encode(),
                     content_type="application/json",
                 )
-            return self._accept(body)
+            return self._accept(body, action.uuid)
         finally:
             with self._lock:
                 self.in_flight -= 1
 
-    def _accept(self, body: Any) -> web.Response:
+    def _accept(self, body: Any, message_uuid: str | None = None) -> web.Response:
         if not isinstance(body, dict) or not body.get("src") or not body.get("dst"):
             return _json(400, {"api_id": str(uuid.uuid4()), "error": "src and dst are required"})
-        message_uuid = str(uuid.uuid4())
+        message_uuid = message_uuid or str(uuid.uuid4())
         with self._lock:
             self.mdrs[message_uuid] = Mdr(
                 message_uuid,

@@ -45,3 +45,60 @@ def test_two_workers_start_and_exit_zero(server_factory, fake_plivo):
         assert httpx.post(f"{server.url}/api/mms/send", json=VALID, timeout=10).status_code == 200
     assert len(fake_plivo.sends()) == 4
     assert server.terminate() == 0, server.logs()
+
+
+def test_record_is_written_before_the_200(server_factory, fake_plivo):
+    """kill -9 right after a 200, restart: the message is there."""
+    server = server_factory()
+    response = httpx.post(f"{server.url}/api/mms/send", json=VALID, timeout=10)
+    assert response.status_code == 200
+    server.proc.kill()
+    server.proc.wait(10)
+    restarted = server_factory()
+    message_uuid = response.json()["messageUuid"][0]
+    lookup = httpx.get(f"{restarted.url}/api/mms/{message_uuid}", timeout=10)
+    assert lookup.status_code == 200 and lookup.json()["status"] == "queued"
+
+
+def test_sandbox_process_starts_loudly(server_factory, fake_plivo):
+    """No credentials in development: sandbox mode, said at startup and in /health."""
+    server = server_factory(PLIVO_AUTH_ID="", PLIVO_AUTH_TOKEN="", PLIVO_SENDER_NUMBER="")
+    assert httpx.get(f"{server.url}/health", timeout=5).json()["mode"] == "sandbox"
+    assert httpx.post(f"{server.url}/api/mms/send", json=VALID, timeout=10).status_code == 200
+    assert server.terminate() == 0
+    assert "SANDBOX MODE" in server.logs()
+    assert fake_plivo.calls == []
+
+
+def test_migrate_command_applies_migrations_alone(tmp_path, fake_plivo):
+    """`python -m app migrate` creates the schema and exits 0 without serving."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from tests.server import ROOT
+
+    env = base_env(fake_plivo.url, DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/m.db")
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "migrate"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "schema at revision" in result.stdout
+    tables = {
+        r[0]
+        for r in sqlite3.connect(tmp_path / "m.db").execute(
+            "SELECT name FROM sqlite_master WHERE type='table'"
+        )
+    }
+    assert {
+        "messages",
+        "events",
+        "callback_nonces",
+        "idempotency_keys",
+        "alembic_version",
+    } <= tables

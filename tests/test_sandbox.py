@@ -52,3 +52,29 @@ async def test_sandbox_is_loud_at_startup(sandbox_settings, client_for, capfd):
     async with client_for(settings):
         pass
     assert "SANDBOX MODE" in capfd.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("suffix", "final", "code"),
+    [
+        ("0100", "delivered", None),
+        ("0610", "failed", "50"),
+        ("0620", "undelivered", "80"),
+        ("0630", "sent", None),
+    ],
+)
+async def test_simulated_delivery_goes_through_the_callback_service(
+    sandbox_settings, client_for, suffix, final, code
+):
+    """queued -> sent -> final within seconds, visible through GET like real callbacks."""
+    import asyncio
+
+    async with client_for(sandbox_settings) as client:
+        sent = await client.post("/api/mms/send", json={**VALID, "to": f"+1415555{suffix}"})
+        message_uuid = sent.json()["messageUuid"][0]
+        assert (await client.get(f"/api/mms/{message_uuid}")).json()["status"] == "queued"
+        await asyncio.sleep(2.5)
+        message = (await client.get(f"/api/mms/{message_uuid}")).json()
+    assert (message["status"], message["errorCode"]) == (final, code)
+    expected = ["sent"] if final == "sent" else ["sent", final]
+    assert [e["status"] for e in message["events"]] == expected

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Annotated
+
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.responses import Response
 
 from app import errors
-from app.deps import CallerDep, LimitsDep, SenderDep, SettingsDep
+from app.deps import CallerDep, DatabaseDep, LimitsDep, SenderDep, SettingsDep
 from app.mms import service
-from app.mms.schemas import SendRequest, SendResponse
+from app.mms.schemas import MessageOut, MessagePage, SendRequest, SendResponse
+from app.store import repository
 
 router = APIRouter(prefix="/api/mms", tags=["mms"])
 
@@ -28,11 +32,13 @@ SEND_ERRORS = (
     errors.UpstreamRateLimited,
     errors.UpstreamUnavailable,
     errors.UpstreamTimeout,
+    errors.ServiceUnavailable,
     errors.InternalError,
 )
+SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
 # The body is parsed by hand (below), so it is declared for OpenAPI here.
 SEND_BODY = {
-    "security": [{"bearer": []}, {"apiKey": []}],
+    "security": SECURITY,
     "requestBody": {
         "required": True,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SendRequest"}}},
@@ -70,7 +76,12 @@ async def read_send_request(request: Request) -> SendRequest:
     openapi_extra=SEND_BODY,
 )
 async def send_mms(
-    request: Request, caller: CallerDep, sender: SenderDep, limits: LimitsDep, settings: SettingsDep
+    request: Request,
+    caller: CallerDep,
+    sender: SenderDep,
+    limits: LimitsDep,
+    db: DatabaseDep,
+    settings: SettingsDep,
 ) -> Response:
     """Queue one MMS with Plivo. A 200 means Plivo queued it, not that it was delivered."""
     body = await read_send_request(request)
@@ -78,10 +89,82 @@ async def send_mms(
     state["to"] = body.to  # masked by the log processors
     try:
         result = await service.send_mms(
-            body, caller=caller, sender=sender, limits=limits, settings=settings
+            body,
+            caller=caller,
+            request_id=state["request_id"],
+            sender=sender,
+            limits=limits,
+            db=db,
+            settings=settings,
         )
     except errors.AppError as exc:
         state["code"] = exc.code
         raise
     state["message_uuid"] = result.messageUuid[0]
     return Response(orjson.dumps(result.model_dump()), media_type="application/json")
+
+
+LOOKUP_ERRORS = (errors.Unauthorized, errors.NotFound, errors.InternalError)
+STATUSES = "unknown|queued|sent|delivered|undelivered|failed|rejected|not_sent"
+
+
+@router.get(
+    "",
+    response_model=MessagePage,
+    summary="List the caller's messages, newest first",
+    responses=errors.problem_responses(errors.ValidationFailed, *LOOKUP_ERRORS),
+    openapi_extra={"security": SECURITY},
+)
+async def list_messages(
+    caller: CallerDep,
+    db: DatabaseDep,
+    to: Annotated[str | None, Query(max_length=16, description="E.164 destination")] = None,
+    status: Annotated[str | None, Query(pattern=f"^({STATUSES})$")] = None,
+    since: Annotated[datetime | None, Query(description="ISO 8601; created at or after")] = None,
+    idempotencyKey: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200, description="From `nextCursor`")] = None,
+) -> MessagePage:
+    """Only messages sent with the caller's own key; paginated by an opaque cursor."""
+    position = repository.decode_cursor(cursor) if cursor else None
+    if cursor and position is None:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("query", "cursor"),
+                    "msg": "not a cursor from this service",
+                    "input": None,
+                }
+            ]
+        )
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    async with db.read() as conn:
+        rows, next_cursor = await repository.list_messages(
+            conn,
+            caller,
+            limit=limit,
+            to=to,
+            status=status,
+            since_ms=int(since.timestamp() * 1000) if since else None,
+            idempotency_key=idempotencyKey,
+            cursor=position,
+        )
+    return MessagePage(items=[service.message_out(r) for r in rows], nextCursor=next_cursor)
+
+
+@router.get(
+    "/{messageUuid}",
+    response_model=MessageOut,
+    summary="What became of one message (by Plivo uuid or the service's id)",
+    responses=errors.problem_responses(*LOOKUP_ERRORS),
+    openapi_extra={"security": SECURITY},
+)
+async def get_message(messageUuid: str, caller: CallerDep, db: DatabaseDep) -> MessageOut:
+    """Another caller's message, an unknown or a malformed id: all 404 `not_found`."""
+    async with db.read() as conn:
+        row = await repository.get_message(conn, caller, messageUuid)
+    if row is None:
+        raise errors.NotFound("No message with this id for this API key.")
+    return service.message_out(row)

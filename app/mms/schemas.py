@@ -95,3 +95,35 @@ class SendResponse(BaseModel):
     message: str = Field(examples=["message(s) queued"])
     messageUuid: list[str] = Field(examples=[["db3ce55a-7f1d-11e1-8ea7-1231380bc196"]])
     apiId: str = Field(examples=["db342550-7f1d-11e1-8ea7-1231380bc196"])
+
+
+class EventOut(BaseModel):
+    status: str = Field(examples=["delivered"])
+    errorCode: str | None = Field(None, examples=[None])
+    at: str = Field(examples=["2026-11-26T19:55:57.318Z"], description="When we received it (UTC)")
+
+
+class MessageOut(BaseModel):
+    """What became of a message. `messageUuid` is null while the outcome is unknown."""
+
+    id: str = Field(examples=["9f1c2b3a4d5e6f708192a3b4c5d6e7f8"], description="The service's id")
+    messageUuid: str | None = Field(examples=["db3ce55a-7f1d-11e1-8ea7-1231380bc196"])
+    to: str = Field(examples=["+14155550100"])
+    status: str = Field(
+        examples=["delivered"],
+        description="unknown, queued, sent, delivered, undelivered, failed, rejected, not_sent",
+    )
+    errorCode: str | None = Field(examples=[None])
+    errorMessage: str | None = Field(examples=[None], description="Meaning of Plivo's code")
+    mediaCount: int = Field(examples=[1])
+    idempotencyKey: str | None = Field(None, examples=["order-1234-receipt"])
+    createdAt: str = Field(examples=["2026-11-26T19:55:56.100Z"])
+    updatedAt: str = Field(examples=["2026-11-26T19:55:58.000Z"])
+    events: list[EventOut] | None = Field(
+        None, description="Status history (on GET /api/mms/{id}; null in listings)"
+    )
+
+
+class MessagePage(BaseModel):
+    items: list[MessageOut]
+    nextCursor: str | None = Field(None, description="Pass as `cursor` for the next page")

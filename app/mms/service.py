@@ -1,14 +1,25 @@
-"""Sending an MMS: no FastAPI objects here, only the steps of a send."""
+"""Sending and looking up MMS: no FastAPI objects here, only the steps."""
 
 from __future__ import annotations
 
+import functools
+import os
+from datetime import UTC, datetime
+from typing import Any
+
 from app.config import Settings
-from app.mms.schemas import SendRequest, SendResponse
-from app.plivo.client import OutboundMms
-from app.plivo.sender import Sender
+from app.errors import AppError
+from app.logging import get_logger
+from app.mms.schemas import EventOut, MessageOut, SendRequest, SendResponse
+from app.plivo.client import Accepted, OutboundMms
+from app.plivo.sender import Sender, outcome_of
 from app.ratelimit import Limits
+from app.reconcile import first_check_at
+from app.store.db import Database, StoreUnavailable
+from app.store.repository import ERROR_MESSAGES, STATUS_RANK, RecordMessage, now_ms
 
 STATUS_CALLBACK_PATH = "/api/mms/status"
+log = get_logger("app.mms")
 
 
 def callback_url(settings: Settings) -> str | None:
@@ -16,10 +27,56 @@ def callback_url(settings: Settings) -> str | None:
     return f"{settings.public_base_url}{STATUS_CALLBACK_PATH}" if settings.public_base_url else None
 
 
+def new_message_id() -> str:
+    return os.urandom(16).hex()
+
+
+def message_row(
+    request: SendRequest,
+    *,
+    message_id: str,
+    caller: str,
+    request_id: str,
+    settings: Settings,
+    status: str,
+    accepted: Accepted | None = None,
+    idempotency_key: str | None = None,
+) -> dict[str, Any]:
+    created = now_ms()
+    rank = STATUS_RANK[status]
+    return {
+        "id": message_id,
+        "caller": caller,
+        "message_uuid": accepted.message_uuids[0] if accepted else None,
+        "api_id": accepted.api_id if accepted else None,
+        "to_number": request.to,
+        "from_number": settings.sender_number,
+        "media_count": len(request.media_urls),
+        "text": request.text if settings.store_message_text else None,
+        "status": status,
+        "status_rank": rank,
+        "error_code": None,
+        "idempotency_key": idempotency_key,
+        "request_id": request_id,
+        "created_at": created,
+        "updated_at": created,
+        "next_check_at": first_check_at(created, settings) if rank < 3 else None,
+        "checks": 0,
+        "claimed_until": None,
+    }
+
+
 async def send_mms(
-    request: SendRequest, *, caller: str, sender: Sender, limits: Limits, settings: Settings
+    request: SendRequest,
+    *,
+    caller: str,
+    request_id: str,
+    sender: Sender,
+    limits: Limits,
+    db: Database,
+    settings: Settings,
 ) -> SendResponse:
-    """Check the limits that count only real sends, call Plivo, answer the tutorial's shape."""
+    """Check the limits that count only real sends, call Plivo, record, answer."""
     sender.check_breaker()  # an open breaker answers at once and counts against no limit
     await limits.check_send(destination=request.to, caller=caller)
     mms = OutboundMms(
@@ -29,7 +86,57 @@ async def send_mms(
         media_urls=request.media_urls,
         callback_url=callback_url(settings),
     )
-    accepted = await sender.send(mms)
+    row = functools.partial(
+        message_row,
+        request,
+        message_id=new_message_id(),
+        caller=caller,
+        request_id=request_id,
+        settings=settings,
+    )
+    try:
+        accepted = await sender.send(mms)
+    except AppError as exc:
+        outcome = outcome_of(exc)
+        if outcome is not None:  # Plivo may have it (unknown) or refused it for good
+            await _record(db, row(status=outcome))
+        raise
+    # Recorded before the response: a caller that got 200 can always look it up.
+    await _record(db, row(status="queued", accepted=accepted))
     return SendResponse(
         message=accepted.message, messageUuid=accepted.message_uuids, apiId=accepted.api_id
+    )
+
+
+async def _record(db: Database, row: dict[str, Any]) -> None:
+    try:
+        await db.write(RecordMessage(row))
+    except StoreUnavailable:
+        # Plivo already has the message: answering an error would invite a second send.
+        log.error("record_failed", message_id=row["id"], message_uuid=row["message_uuid"])
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def message_out(row: dict[str, Any]) -> MessageOut:
+    events = row.get("events")
+    return MessageOut(
+        id=row["id"],
+        messageUuid=row["message_uuid"],
+        to=row["to_number"],
+        status=row["status"],
+        errorCode=row["error_code"],
+        errorMessage=ERROR_MESSAGES.get(row["error_code"] or "") if row["error_code"] else None,
+        mediaCount=row["media_count"],
+        idempotencyKey=row["idempotency_key"],
+        createdAt=_iso(row["created_at"]),
+        updatedAt=_iso(row["updated_at"]),
+        events=None
+        if events is None
+        else [
+            EventOut(status=e["status"], errorCode=e["error_code"], at=_iso(e["received_at"]))
+            for e in events
+        ],
     )

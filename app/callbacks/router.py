@@ -1,0 +1,130 @@
+"""POST /api/mms/status: Plivo's delivery callbacks (form-encoded, signed)."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+
+from app import errors
+from app.callbacks import service, signature
+from app.deps import DatabaseDep, SettingsDep
+
+router = APIRouter(prefix="/api/mms", tags=["callbacks"])
+CALLBACK_PATH = "/api/mms/status"
+_OK = b'{"status":"ok"}'
+_REPLAY = b'{"status":"duplicate"}'
+
+
+class CallbackAck(BaseModel):
+    status: str = Field(examples=["ok"], description="`ok`, or `duplicate` for a replayed nonce")
+
+
+CALLBACK_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "required": ["MessageUUID", "Status"],
+                    "properties": {
+                        "MessageUUID": {"type": "string"},
+                        "Status": {"type": "string", "examples": ["delivered"]},
+                        "ErrorCode": {"type": "string"},
+                        "Sequence": {"type": "string"},
+                        "To": {"type": "string"},
+                        "From": {"type": "string"},
+                    },
+                }
+            }
+        },
+    },
+    "parameters": [
+        {"name": name, "in": "header", "required": False, "schema": {"type": "string"}}
+        for name in (
+            "X-Plivo-Signature-V3",
+            "X-Plivo-Signature-V3-Nonce",
+            "X-Plivo-Signature-V2",
+            "X-Plivo-Signature-V2-Nonce",
+        )
+    ],
+}
+
+
+def _signed_url(request: Request, public_base_url: str) -> str:
+    """What Plivo signed: PUBLIC_BASE_URL + path, else the URL we were called on."""
+    if public_base_url:
+        query = request.url.query
+        return f"{public_base_url}{CALLBACK_PATH}" + (f"?{query}" if query else "")
+    return str(request.url)
+
+
+@router.post(
+    "/status",
+    response_model=CallbackAck,
+    summary="Plivo delivery callback (signed)",
+    responses=errors.problem_responses(
+        errors.InvalidSignature,
+        errors.ValidationFailed,
+        errors.PayloadTooLarge,
+        errors.ServiceUnavailable,
+        errors.InternalError,
+    ),
+    openapi_extra=CALLBACK_BODY,
+)
+async def status_callback(request: Request, db: DatabaseDep, settings: SettingsDep) -> Response:
+    """Store a delivery report. Answered fast; no outbound call is made here."""
+    raw = await request.body()
+    pairs = parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
+    params: dict[str, str | list[str]] = {}
+    for key, value in pairs:
+        if key in params:  # repeated keys: the SDK signs them as a list
+            previous = params[key]
+            params[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
+        else:
+            params[key] = value
+    scheme, nonce = signature.verify(
+        url=_signed_url(request, settings.public_base_url),
+        params=params,
+        headers=request.headers,
+        auth_token=settings.auth_token,
+    )
+    request.scope["state"]["signature"] = scheme
+    if nonce is None:
+        raise errors.InvalidSignature("The callback is not signed by Plivo with our token.")
+    uuid, status = params.get("MessageUUID"), params.get("Status")
+    if not isinstance(uuid, str) or not uuid or not isinstance(status, str) or not status:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "missing",
+                    "loc": ("body", "MessageUUID/Status"),
+                    "msg": "MessageUUID and Status are required",
+                    "input": None,
+                }
+            ]
+        )
+    error_code = params.get("ErrorCode")
+    sequence = params.get("Sequence")
+    fresh = await service.record_status(
+        db,
+        message_uuid=uuid,
+        status=status,
+        error_code=error_code if isinstance(error_code, str) else None,
+        sequence=sequence if isinstance(sequence, str) else None,
+        nonce=nonce,
+        plivo_time=next(
+            (
+                v
+                for k in ("DeliveryReportTime", "SentTime", "QueuedTime", "MessageTime")
+                if isinstance(v := params.get(k), str) and v
+            ),
+            None,
+        ),
+    )
+    request.scope["state"]["message_uuid"] = uuid
+    return Response(_OK if fresh else _REPLAY, media_type="application/json")

@@ -1,0 +1,306 @@
+"""What the service reads from and writes to the store. Writes are ops for the group-commit
+writer; statuses only ever move forward, whichever path (send, callback, lookup) moves them."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, bindparam, case, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.store.db import BatchedOp
+from app.store.tables import callback_nonces, events, idempotency_keys, messages
+
+# SPEC order: unknown < queued < sent < final ones; the first final status stays.
+STATUS_RANK = {
+    "unknown": 0,
+    "queued": 1,
+    "sent": 2,
+    "delivered": 3,
+    "undelivered": 3,
+    "failed": 3,
+    "rejected": 3,
+    "not_sent": 3,
+}
+FINAL_RANK = 3
+
+# Meaning of Plivo's error codes (../shared/PLIVO.md §3.4).
+ERROR_MESSAGES = {
+    "10": "Invalid message: rejected by the carrier (blank or too long)",
+    "20": "Network error: temporary, retry later",
+    "30": "Spam detected by the carrier",
+    "40": "Invalid source number",
+    "50": "Invalid destination number",
+    "60": "Loop detected between source and destination",
+    "70": "Destination permanently unavailable",
+    "80": "Destination temporarily unavailable (handset off or out of coverage)",
+    "90": "No route available",
+    "100": "Prohibited by carrier",
+    "110": "Message too long",
+    "120": "MMS too large (text plus media over 5 MB)",
+    "200": "Source number blocked by STOP from the destination",
+    "201": "US toll-free number to a Canadian destination is blocked",
+    "300": "Failed to dispatch message",
+    "420": "Message expired in Plivo's queue",
+    "450": "Destination country barred (geo permissions)",
+    "451": "Geo messages-per-hour threshold exceeded",
+    "900": "Insufficient credit",
+    "910": "Account disabled",
+    "1000": "Unknown error",
+}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _insert_ignore(conn: AsyncConnection, table: Any) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING in the connection's dialect."""
+    module = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return module.insert(table).on_conflict_do_nothing()
+
+
+# Status changes ------------------------------------------------------------------------------
+_advance = (
+    update(messages)
+    .where(
+        messages.c.message_uuid == bindparam("b_uuid"),
+        messages.c.status_rank < bindparam("b_rank"),
+    )
+    .values(
+        status=bindparam("b_status"),
+        status_rank=bindparam("b_rank"),
+        error_code=func.coalesce(bindparam("b_error"), messages.c.error_code),
+        updated_at=bindparam("b_at"),
+        next_check_at=case(
+            (bindparam("b_rank") >= FINAL_RANK, None), else_=messages.c.next_check_at
+        ),
+    )
+)
+
+
+def _advance_params(uuid: str, status: str, error: str | None, at: int) -> dict[str, Any] | None:
+    rank = STATUS_RANK.get(status)
+    if rank is None:  # e.g. WhatsApp's "read": kept as an event, no status change
+        return None
+    return {"b_uuid": uuid, "b_rank": rank, "b_status": status, "b_error": error, "b_at": at}
+
+
+async def _apply_events(conn: AsyncConnection, rows: Sequence[Any]) -> None:
+    """Apply events in Plivo's Sequence order (then arrival): the first final one wins."""
+    params = [
+        p
+        for r in sorted(rows, key=lambda r: (r.sequence, r.received_at))
+        if (p := _advance_params(r.message_uuid, r.status, r.error_code, r.received_at))
+    ]
+    if params:
+        await conn.execute(_advance, params)
+
+
+# Write ops -----------------------------------------------------------------------------------
+@dataclass
+class RecordMessage(BatchedOp):
+    """Insert a message row (before the send's response is returned); events that arrived
+    before it (early callbacks) are applied in the same transaction."""
+
+    row: dict[str, Any]
+    # Optional idempotency completion committed together with the message.
+    idempotency: dict[str, Any] | None = None
+
+    @classmethod
+    async def run_many(cls, conn: AsyncConnection, ops: Sequence[Any]) -> list[Any]:
+        await conn.execute(messages.insert(), [op.row for op in ops])
+        done = [op.idempotency for op in ops if op.idempotency]
+        if done:
+            await conn.execute(_complete_idempotency, done)
+        uuids = [op.row["message_uuid"] for op in ops if op.row.get("message_uuid")]
+        if uuids:
+            early = await conn.execute(select(events).where(events.c.message_uuid.in_(uuids)))
+            await _apply_events(conn, early.all())
+        return [None] * len(ops)
+
+
+@dataclass
+class IngestEvent(BatchedOp):
+    """A delivery report: store it (unless its nonce was seen) and move the status forward.
+
+    Returns False when the nonce was already seen (a replay: nothing changes)."""
+
+    message_uuid: str
+    status: str
+    error_code: str | None
+    sequence: int
+    source: str
+    plivo_time: str | None = None
+    nonce: str | None = None
+    received_at: int = field(default_factory=now_ms)
+
+    @classmethod
+    async def run_many(cls, conn: AsyncConnection, ops: Sequence[Any]) -> list[Any]:
+        fresh = list(ops)
+        nonces = [op.nonce for op in ops if op.nonce]
+        if nonces:
+            result = await conn.execute(
+                _insert_ignore(conn, callback_nonces).returning(callback_nonces.c.nonce),
+                [{"nonce": n, "seen_at": now_ms()} for n in dict.fromkeys(nonces)],
+            )
+            new = {row.nonce for row in result}
+            fresh, seen_in_batch = [], set()
+            for op in ops:
+                if op.nonce is None:
+                    fresh.append(op)
+                elif op.nonce in new and op.nonce not in seen_in_batch:
+                    seen_in_batch.add(op.nonce)
+                    fresh.append(op)
+        if fresh:
+            await conn.execute(
+                _insert_ignore(conn, events),
+                [
+                    {
+                        "message_uuid": op.message_uuid,
+                        "status": op.status,
+                        "error_code": op.error_code,
+                        "sequence": op.sequence,
+                        "source": op.source,
+                        "plivo_time": op.plivo_time,
+                        "received_at": op.received_at,
+                    }
+                    for op in fresh
+                ],
+            )
+            await _apply_events(conn, fresh)
+        fresh_ids = {id(op) for op in fresh}
+        return [id(op) in fresh_ids for op in ops]
+
+
+_complete_idempotency = (
+    update(idempotency_keys)
+    .where(
+        idempotency_keys.c.caller == bindparam("i_caller"),
+        idempotency_keys.c.key == bindparam("i_key"),
+    )
+    .values(
+        state="done",
+        status_code=bindparam("i_status"),
+        body=bindparam("i_body"),
+        headers=bindparam("i_headers"),
+        message_id=bindparam("i_message_id"),
+    )
+)
+
+
+def idempotency_completion(
+    caller: str, key: str, status: int, body: str, headers: str, message_id: str | None
+) -> dict[str, Any]:
+    return {
+        "i_caller": caller,
+        "i_key": key,
+        "i_status": status,
+        "i_body": body,
+        "i_headers": headers,
+        "i_message_id": message_id,
+    }
+
+
+# Reads ---------------------------------------------------------------------------------------
+def _looks_like_id(value: str) -> bool:
+    return 8 <= len(value) <= 64 and all(c.isalnum() or c == "-" for c in value)
+
+
+async def get_message(conn: AsyncConnection, caller: str, ident: str) -> dict[str, Any] | None:
+    """One of the caller's messages by Plivo uuid or service id, with its events."""
+    if not _looks_like_id(ident):
+        return None
+    row = (
+        await conn.execute(
+            select(messages).where(
+                messages.c.caller == caller,
+                or_(messages.c.id == ident, messages.c.message_uuid == ident),
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    message = dict(row._mapping)
+    message["events"] = []
+    if row.message_uuid:
+        result = await conn.execute(
+            select(events.c.status, events.c.error_code, events.c.received_at)
+            .where(events.c.message_uuid == row.message_uuid)
+            .order_by(events.c.received_at, events.c.id)
+        )
+        message["events"] = [dict(e._mapping) for e in result]
+    return message
+
+
+def encode_cursor(created_at: int, message_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at}:{message_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str] | None:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, _, message_id = raw.partition(":")
+        return int(created), message_id
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+async def list_messages(
+    conn: AsyncConnection,
+    caller: str,
+    *,
+    limit: int,
+    to: str | None = None,
+    status: str | None = None,
+    since_ms: int | None = None,
+    idempotency_key: str | None = None,
+    cursor: tuple[int, str] | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The caller's messages, newest first; the cursor continues after the last one."""
+    query = select(messages).where(messages.c.caller == caller)
+    if to:
+        query = query.where(messages.c.to_number == to)
+    if status:
+        query = query.where(messages.c.status == status)
+    if since_ms is not None:
+        query = query.where(messages.c.created_at >= since_ms)
+    if idempotency_key:
+        query = query.where(messages.c.idempotency_key == idempotency_key)
+    if cursor:
+        created, message_id = cursor
+        query = query.where(
+            or_(
+                messages.c.created_at < created,
+                and_(messages.c.created_at == created, messages.c.id < message_id),
+            )
+        )
+    query = query.order_by(messages.c.created_at.desc(), messages.c.id.desc()).limit(limit + 1)
+    rows = [dict(r._mapping) for r in await conn.execute(query)]
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"])
+    for row in rows:
+        row["events"] = None
+    return rows, next_cursor
+
+
+# Retention -----------------------------------------------------------------------------------
+async def purge(conn: AsyncConnection, *, retention_ms: int, day_ms: int = 86_400_000) -> int:
+    """Delete what has outlived its keep time; returns rows deleted."""
+    now = now_ms()
+    deleted = 0
+    for statement in (
+        delete(messages).where(messages.c.created_at < now - retention_ms),
+        delete(events).where(events.c.received_at < now - retention_ms),
+        delete(callback_nonces).where(callback_nonces.c.seen_at < now - day_ms),
+        delete(idempotency_keys).where(idempotency_keys.c.created_at < now - day_ms),
+    ):
+        deleted += (await conn.execute(statement)).rowcount or 0
+    return deleted

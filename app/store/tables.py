@@ -1,0 +1,90 @@
+"""The store's schema (SQLAlchemy Core). Times are epoch milliseconds (sortable, portable)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# One row per send the service made (or tried and must remember).
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", String(32), primary_key=True),  # the service's own id
+    Column("caller", String(64), nullable=False),  # API key name: lookups are scoped to it
+    Column("message_uuid", String(64), unique=True),  # Plivo's; NULL while the outcome is unknown
+    Column("api_id", String(64)),
+    Column("to_number", String(16), nullable=False),
+    Column("from_number", String(16), nullable=False),
+    Column("media_count", SmallInteger, nullable=False),
+    Column("text", Text),  # only with STORE_MESSAGE_TEXT
+    Column("status", String(16), nullable=False),
+    Column("status_rank", SmallInteger, nullable=False),  # statuses only move up (SPEC order)
+    Column("error_code", String(8)),
+    Column("idempotency_key", String(255)),
+    Column("request_id", String(128)),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("next_check_at", BigInteger),  # reconciliation: next lookup; NULL = settled
+    Column("checks", Integer, nullable=False, server_default="0"),
+    Column("claimed_until", BigInteger),  # reconciliation lease of one replica
+)
+Index("ix_messages_caller_created", messages.c.caller, messages.c.created_at, messages.c.id)
+Index("ix_messages_caller_idempotency", messages.c.caller, messages.c.idempotency_key)
+Index("ix_messages_next_check", messages.c.next_check_at)
+Index("ix_messages_created", messages.c.created_at)
+
+# Delivery reports (Plivo callbacks and reconciliation lookups), also for uuids not yet known.
+events = Table(
+    "events",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("message_uuid", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("error_code", String(8)),
+    Column("sequence", Integer, nullable=False),  # Plivo's Sequence; -1 when absent
+    Column("source", String(12), nullable=False),  # callback | reconcile | sandbox
+    Column("plivo_time", String(40)),
+    Column("received_at", BigInteger, nullable=False),
+    UniqueConstraint("message_uuid", "status", "sequence", name="uq_events_dedupe"),
+)
+Index("ix_events_received", events.c.received_at)
+
+# Nonces of signed callbacks seen in the last 24 h: a replay changes nothing.
+callback_nonces = Table(
+    "callback_nonces",
+    metadata,
+    Column("nonce", String(128), primary_key=True),
+    Column("seen_at", BigInteger, nullable=False),
+)
+Index("ix_callback_nonces_seen", callback_nonces.c.seen_at)
+
+# Idempotency-Key records, per caller, 24 h.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("caller", String(64), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("state", String(12), nullable=False),  # in_flight | done
+    Column("status_code", SmallInteger),
+    Column("body", Text),
+    Column("headers", Text),
+    Column("message_id", String(32)),
+    Column("created_at", BigInteger, nullable=False),
+    Column("lease_until", BigInteger, nullable=False),
+)
+Index("ix_idempotency_created", idempotency_keys.c.created_at)

@@ -1,0 +1,85 @@
+"""CPU cost of recording a send, with group commit vs one commit per record.
+
+    python benchmarks/record_cost.py [--records 5000] [--concurrency 50] [--database-url URL]
+
+Concurrency 50 mimics 50 callers waiting for their records at once (the benchmark's
+scenario 1); concurrency 1 makes every record its own transaction (no grouping).
+Reports process CPU time per record (µs): the record's share of a send's CPU budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from app.store.db import Database
+from app.store.repository import RecordMessage, now_ms
+
+
+def _row(i: int) -> dict:
+    created = now_ms()
+    return {
+        "id": os.urandom(16).hex(),
+        "caller": "bench",
+        "message_uuid": os.urandom(16).hex(),
+        "api_id": os.urandom(16).hex(),
+        "to_number": f"+1415555{i % 10000:04d}",
+        "from_number": "+14155550000",
+        "media_count": 1,
+        "text": None,
+        "status": "queued",
+        "status_rank": 1,
+        "error_code": None,
+        "idempotency_key": None,
+        "request_id": "r",
+        "created_at": created,
+        "updated_at": created,
+        "next_check_at": created + 600_000,
+        "checks": 0,
+        "claimed_until": None,
+    }
+
+
+async def measure(url: str, records: int, concurrency: int) -> tuple[float, float]:
+    db = Database(url)
+    batches: list[int] = []
+    db.writer._on_batch = lambda size, seconds: batches.append(size)
+    await db.start()
+    queue = iter(range(records))
+
+    async def worker() -> None:
+        for i in queue:
+            await db.write(RecordMessage(_row(i)))
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    await db.close()
+    mean_batch = sum(batches) / len(batches)
+    print(
+        f"concurrency {concurrency:3d}: {cpu / records * 1e6:7.1f} µs CPU per record, "
+        f"{records / wall:8.0f} records/s, mean batch {mean_batch:.1f}"
+    )
+    return cpu / records, mean_batch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 50, 200])
+    parser.add_argument("--database-url", default="")
+    args = parser.parse_args()
+    for concurrency in args.concurrency:
+        url = args.database_url
+        if not url:
+            folder = Path(tempfile.mkdtemp())
+            url = f"sqlite+aiosqlite:///{folder}/record.db"
+        asyncio.run(measure(url, args.records, concurrency))
+
+
+if __name__ == "__main__":
+    main()
