@@ -38,7 +38,4 @@ def install_docs(app: FastAPI) -> None:
             swagger_js_url=f"{assets}/swagger-ui-bundle.js",
             swagger_css_url=f"{assets}/swagger-ui.css",
             swagger_favicon_url=f"{assets}/favicon-32x32.png",
-            # Swagger UI's default validatorUrl would send our spec's URL to
-            # validator.swagger.io for a badge; null turns the badge off.
-            swagger_ui_parameters={"validatorUrl": None},
         )
