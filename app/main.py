@@ -20,6 +20,7 @@ from app.auth import Authenticator
 from app.callbacks.router import router as callbacks_router
 from app.callbacks.service import record_status
 from app.config import ConfigError, Settings, load_settings
+from app.docs import install_docs
 from app.logging import configure_logging, get_logger
 from app.middleware import RequestContextMiddleware
 from app.mms.router import router as mms_router
@@ -146,7 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Send MMS (pictures, audio, video with text) to US and Canadian phones "
         "through Plivo. Errors are RFC 9457 problem+json with a stable `code`.",
         lifespan=lifespan,
-        docs_url="/docs" if docs else None,
+        docs_url=None,  # our own /docs (app/docs.py): FastAPI's loads Swagger UI from a CDN
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
     )
@@ -164,6 +165,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(mms_router)
     app.include_router(callbacks_router)
     app.include_router(health.router)
+    if docs:
+        install_docs(app)
     # Outermost last: request id and log line around everything, then the per-IP limit.
     app.add_middleware(ClientRateLimitMiddleware, limits=app.state.limits)
     app.add_middleware(RequestContextMiddleware)
