@@ -209,3 +209,52 @@ def store_url(request: pytest.FixtureRequest) -> str:
     """Run the test on both stores: same code, same tests."""
     fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
     return str(request.getfixturevalue(fixture))
+
+
+# The fleet: deploy/compose.yaml's replicas behind deploy/nginx/nginx.conf, on loopback
+# (tests/fleet.py). Imported lazily: tests.fleet is only needed by the fleet tests.
+@pytest.fixture
+def start_fleet(
+    fake_plivo: FakePlivo, tmp_path: Any, postgres_url: str
+) -> Iterator[Callable[..., Any]]:
+    """`start_fleet(RATE_LIMIT="5/minute", ...)` -> a running Fleet; stopped after the test.
+
+    Each test gets its own database on the machine's Redis (flushed before and after);
+    `redis_port=` points the replicas at a private redis-server instead.
+    """
+    import shutil
+
+    from tests import fleet as harness
+
+    harness.require(
+        shutil.which("nginx") is not None, "nginx not installed (apt-get install nginx)"
+    )
+    with harness.fleet_lock():
+        harness.map_hosts()
+        with harness.flushed_redis_db() as db:
+            started: list[Any] = []
+
+            def start(**settings: Any) -> Any:
+                workdir = tmp_path / f"fleet{len(started)}"
+                fleet = harness.start_fleet(
+                    fake_plivo,
+                    workdir,
+                    api_keys=API_KEYS,
+                    redis_db=db,
+                    database_role=postgres_url.split("//")[1].split("@")[0],
+                    **settings,
+                )
+                started.append(fleet)
+                return fleet
+
+            try:
+                yield start
+            finally:
+                for fleet in started:
+                    fleet.stop()
+
+
+@pytest.fixture
+def fleet(start_fleet: Callable[..., Any]) -> Any:
+    """A running fleet with compose.yaml's settings: `.url` (nginx), `.replicas`, `.fake`."""
+    return start_fleet()

@@ -44,8 +44,8 @@ class Server:
 
     def __init__(self, env: dict[str, str], log_path: Path, args: tuple[str, ...] = ()) -> None:
         self.port = int(env.setdefault("PORT", str(free_port())))
-        env.setdefault("HOST", "127.0.0.1")
-        self.url = f"http://127.0.0.1:{self.port}"
+        host = env.setdefault("HOST", "127.0.0.1")  # the fleet's replicas use 127.0.0.11, ...
+        self.url = f"http://{host}:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(

@@ -1,0 +1,193 @@
+"""Fleet tests: compose.yaml's replicas behind its nginx.conf act as one service.
+
+Run on loopback by tests/fleet.py (fixtures `fleet` / `start_fleet`): every request goes
+through nginx from 127.0.0.2, an untrusted client address; limits live in the machine's Redis.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import KEY_A, VALID
+from tests.fleet import RedisServer, require
+from tests.server import free_port
+
+pytestmark = pytest.mark.e2e
+
+AUTH = {"Authorization": f"Bearer {KEY_A}"}
+_numbers = itertools.count(2000)
+
+
+def message() -> dict[str, object]:
+    """A valid send to a new number each time (RATE_LIMIT_PER_DESTINATION stays out of it)."""
+    return {**VALID, "to": f"+1415555{next(_numbers):04d}"}
+
+
+def send(http, n: int, **headers: str) -> list[tuple[int, str | None]]:
+    """`n` sends, one after the other: [(status, problem code or None)]."""
+    results = []
+    for _ in range(n):
+        response = http.post("/api/mms/send", json=message(), headers={**AUTH, **headers})
+        code = response.json().get("code") if response.status_code != 200 else None
+        results.append((response.status_code, code))
+    return results
+
+
+def served(fleet) -> list[int]:
+    """Sends each replica served, counted in the replicas' own logs."""
+    return [len(replica.sends()) for replica in fleet.replicas]
+
+
+def test_rate_limit_is_one_limit_per_real_client_across_replicas(start_fleet):
+    """RATE_LIMIT=5/minute via Redis: 5 of 12 sends pass over both replicas; another client has its own 5."""
+    fleet = start_fleet(RATE_LIMIT="5/minute")
+    with fleet.client() as http:
+        results = send(http, 12)
+    assert results.count((200, None)) == 5, results
+    assert results.count((429, "rate_limited")) == 7, results
+    assert all(count > 0 for count in served(fleet)), served(fleet)
+    assert len(fleet.fake.sends()) == 5
+    # The limit is keyed on the client nginx saw, not on nginx: the replicas trust nginx's
+    # X-Forwarded-For (FORWARDED_ALLOW_IPS = nginx's address), so a second client is not refused.
+    with fleet.client(source="127.0.0.3") as other:
+        assert send(other, 2) == [(200, None)] * 2
+
+
+def test_daily_quota_is_shared_across_replicas(start_fleet):
+    """DAILY_QUOTA_PER_KEY=3: exactly 3 of 8 sends pass across replicas, then 429 quota_exceeded."""
+    fleet = start_fleet(DAILY_QUOTA_PER_KEY=3)
+    with fleet.client() as http:
+        results = send(http, 8)
+    assert results[:3] == [(200, None)] * 3, results
+    assert results[3:] == [(429, "quota_exceeded")] * 5, results
+    assert all(count > 0 for count in served(fleet)), served(fleet)
+    assert len(fleet.fake.sends()) == 3
+
+
+def test_spoofed_x_forwarded_for_does_not_dodge_the_limit(start_fleet):
+    """A client's own X-Forwarded-For (a new one each time) is ignored: still exactly 5 of 12 pass."""
+    fleet = start_fleet(RATE_LIMIT="5/minute")
+    with fleet.client() as http:
+        results = [send(http, 1, **{"X-Forwarded-For": f"203.0.113.{i}"})[0] for i in range(9, 21)]
+    assert results.count((200, None)) == 5, results
+    assert results.count((429, "rate_limited")) == 7, results
+
+
+def logged_by_all(fleet, event: str, marks: list[int]) -> bool:
+    """Has every replica logged `event` since `marks`?"""
+    return all(r.events(event, since=m) for r, m in zip(fleet.replicas, marks, strict=True))
+
+
+def test_redis_outage_falls_back_per_replica_and_recovers(start_fleet, tmp_path):
+    """Redis stopped mid-run: sends go on, each replica counting alone; restarted: shared again."""
+    require(shutil.which("redis-server") is not None, "redis-server not installed")
+    limit = 5
+    private = RedisServer(tmp_path / "redis", free_port()).start()
+    try:
+        fleet = start_fleet(RATE_LIMIT=f"{limit}/minute", redis_port=private.port)
+        replicas = len(fleet.replicas)
+        with fleet.client() as http:
+            assert send(http, 2) == [(200, None)] * 2  # counted in Redis
+
+            private.stop()  # by PID
+            marks = fleet.marks()
+            results = send(http, 3 * limit)
+            # Each replica now counts alone, from zero: up to `limit` each (round robin gives
+            # every replica at least `limit` of these 15), so limit x replicas pass.
+            assert results.count((200, None)) == limit * replicas, results
+            assert results.count((429, "rate_limited")) == 3 * limit - limit * replicas
+            assert logged_by_all(fleet, "rate_limit_storage_down", marks)
+
+            marks = fleet.marks()
+            private.start()  # same port: the replicas' URL still points at it
+            # A replica tries Redis again 5 s after its last failure, on its next request
+            # (any request to the send route, even a refused one, makes it try).
+            deadline = time.monotonic() + 15
+            while not logged_by_all(fleet, "rate_limit_storage_recovered", marks):
+                assert time.monotonic() < deadline, [r.logs()[-2000:] for r in fleet.replicas]
+                http.post("/api/mms/send", json={}, headers=AUTH)
+                time.sleep(0.25)
+
+        with fleet.client(source="127.0.0.3") as fresh:  # a client Redis has not seen yet
+            results = send(fresh, 3 * limit)
+        assert results.count((200, None)) == limit, results  # one shared limit again
+    finally:
+        private.stop()
+
+
+def test_nginx_passes_request_id_and_lets_the_app_answer_413(fleet):
+    """Through nginx: X-Request-ID goes both ways (nginx makes one if absent); >64 KiB is the app's 413."""
+    with fleet.client() as http:
+        response = http.post(
+            "/api/mms/send", json=message(), headers={**AUTH, "X-Request-ID": "abc-123"}
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers["X-Request-ID"] == "abc-123"
+        generated = http.get("/health").headers["X-Request-ID"]
+        assert re.fullmatch(r"[0-9a-f]{32}", generated)  # nginx's $request_id...
+        assert f"rid={generated}" in fleet.nginx.logs()  # ...the id in nginx's access line
+
+        big = http.post(
+            "/api/mms/send",
+            content=b'{"text": "' + b"x" * (100 * 1024) + b'"}',
+            headers={**AUTH, "Content-Type": "application/json"},
+        )
+    assert big.status_code == 413
+    assert big.headers["Content-Type"] == "application/problem+json"
+    assert big.json()["code"] == "payload_too_large"
+
+
+def _replica_talking_to(fleet, port: int):
+    """The replica with a connection open to `port` (the fake Plivo), found with `ss`."""
+    out = subprocess.run(
+        ["ss", "-Htnp", "state", "established", f"( dport = :{port} )"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout
+    pids = {int(pid) for pid in re.findall(r"pid=(\d+)", out)}
+    found = [r for r in fleet.replicas if r.pid in pids]
+    assert len(found) == 1, out
+    return found[0]
+
+
+def test_a_post_that_reached_a_replica_is_never_sent_to_another(fleet):
+    """A replica dies holding a send: the caller gets 502, no second send; later sends use the survivor."""
+    from tests.fakeplivo import hang
+
+    fleet.fake.script(hang())  # the first send waits at "Plivo"
+    with fleet.client() as http, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(http.post, "/api/mms/send", json=message(), headers=AUTH)
+        deadline = time.monotonic() + 10
+        while not fleet.fake.sends() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(fleet.fake.sends()) == 1
+        holder = _replica_talking_to(fleet, fleet.fake.port)
+        holder.server.kill()  # by PID, with the POST in flight
+        response = pending.result(timeout=15)
+    assert response.status_code == 502  # nginx's own: the send may have reached Plivo
+    assert len(fleet.fake.sends()) == 1  # ...so it was not passed to the other replica
+
+    with fleet.client() as http:  # connect refused -> the other replica (nothing was sent)
+        assert send(http, 4) == [(200, None)] * 4
+    assert len(fleet.fake.sends()) == 5
+
+
+def test_a_slow_send_gets_the_apps_504_not_nginxs(fleet):
+    """Plivo silent for the whole PLIVO_TIMEOUT_SECONDS (10 s): the app's 504 reaches the caller through nginx."""
+    from tests.fakeplivo import hang
+
+    fleet.fake.script(hang())
+    with fleet.client() as http:
+        response = http.post("/api/mms/send", json=message(), headers=AUTH)
+    assert response.status_code == 504
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert response.json()["code"] == "upstream_timeout"
+    assert len(fleet.fake.sends()) == 1
