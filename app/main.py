@@ -162,8 +162,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install_error_handlers(app)
     app.add_exception_handler(StoreUnavailable, _on_store_unavailable)
-    app.include_router(mms_router)
+    # Callbacks first: for a method not allowed on /api/mms/status, Starlette's 405 names
+    # the first route whose path matches — it must be POST /status, not GET /{messageUuid}.
     app.include_router(callbacks_router)
+    app.include_router(mms_router)
     app.include_router(health.router)
     if docs:
         install_docs(app)

@@ -258,3 +258,23 @@ def start_fleet(
 def fleet(start_fleet: Callable[..., Any]) -> Any:
     """A running fleet with compose.yaml's settings: `.url` (nginx), `.replicas`, `.fake`."""
     return start_fleet()
+
+
+@pytest.fixture
+def server_factory(fake_plivo: FakePlivo, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """`server_factory(**env)` starts `python -m app` (stopped after the test); each call on
+    the same test shares the SQLite file, so a second call is a restart."""
+    from tests.server import Server, base_env
+
+    started: list[Server] = []
+
+    def start(**overrides: Any) -> Server:
+        env = base_env(fake_plivo.url, DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/mms.db")
+        env.update({k.upper(): str(v) for k, v in overrides.items()})
+        server = Server(env, tmp_path / f"server{len(started)}.log")
+        started.append(server)
+        return server.wait_healthy()
+
+    yield start
+    for server in started:
+        server.kill()

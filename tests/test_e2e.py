@@ -6,25 +6,9 @@ import httpx
 import pytest
 
 from tests.conftest import VALID
-from tests.server import Server, base_env
+from tests.server import base_env
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def server_factory(fake_plivo, tmp_path):
-    started: list[Server] = []
-
-    def start(**overrides) -> Server:
-        env = base_env(fake_plivo.url, DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/mms.db")
-        env.update({k.upper(): str(v) for k, v in overrides.items()})
-        server = Server(env, tmp_path / f"server{len(started)}.log")
-        started.append(server)
-        return server.wait_healthy()
-
-    yield start
-    for server in started:
-        server.kill()
 
 
 def test_send_health_and_sigterm_exit_zero(server_factory, fake_plivo):

@@ -277,3 +277,24 @@ async def test_retention_purges_old_rows(store_url):
         nonces = (await conn.execute(text("SELECT count(*) FROM callback_nonces"))).scalar_one()
     await db.close()
     assert ids == {"new"} and events == 0 and nonces == 0
+
+
+async def test_sigterm_turns_ready_to_503(settings_factory, client_for):
+    """The lifespan chains a SIGTERM handler that marks the replica as draining at once."""
+    import os
+    import signal
+
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        async with client_for(settings_factory()) as client:
+            assert (await client.get("/ready")).status_code == 200
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.sleep(0.05)
+            response = await client.get("/ready")
+            health = await client.get("/health")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == [signal.SIGTERM]  # uvicorn's own handler still ran
+    assert response.status_code == 503 and response.json()["code"] == "not_ready"
+    assert health.status_code == 200

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -26,6 +25,8 @@ SEND_ERRORS = (
     errors.RateLimited,
     errors.DestinationRateLimited,
     errors.QuotaExceeded,
+    errors.IdempotencyKeyReused,
+    errors.IdempotencyInProgress,
     errors.PlivoRejected,
     errors.UpstreamAuthFailed,
     errors.UpstreamError,
@@ -39,11 +40,41 @@ SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
 # The body is parsed by hand (below), so it is declared for OpenAPI here.
 SEND_BODY = {
     "security": SECURITY,
+    "parameters": [
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "description": "1-255 printable ASCII characters. A repeat with the same key and "
+            "body replays the stored response (`Idempotent-Replayed: true`) without a second "
+            "send; kept 24 h per API key.",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+        }
+    ],
     "requestBody": {
         "required": True,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SendRequest"}}},
     },
 }
+
+
+def idempotency_key_of(request: Request) -> str | None:
+    """1-255 printable ASCII characters; anything else (an empty header too) is a 422."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not all(" " <= c <= "~" for c in key):
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("header", "Idempotency-Key"),
+                    "msg": "must be 1-255 printable ASCII characters",
+                    "input": None,
+                }
+            ]
+        )
+    return key
 
 
 async def read_send_request(request: Request) -> SendRequest:
@@ -84,6 +115,7 @@ async def send_mms(
     settings: SettingsDep,
 ) -> Response:
     """Queue one MMS with Plivo. A 200 means Plivo queued it, not that it was delivered."""
+    key = idempotency_key_of(request)
     body = await read_send_request(request)
     state = request.scope["state"]
     state["to"] = body.to  # masked by the log processors
@@ -92,6 +124,7 @@ async def send_mms(
             body,
             caller=caller,
             request_id=state["request_id"],
+            idempotency_key=key,
             sender=sender,
             limits=limits,
             db=db,
@@ -100,8 +133,17 @@ async def send_mms(
     except errors.AppError as exc:
         state["code"] = exc.code
         raise
-    state["message_uuid"] = result.messageUuid[0]
-    return Response(orjson.dumps(result.model_dump()), media_type="application/json")
+    headers = dict(result.headers)
+    if result.replayed:
+        headers["Idempotent-Replayed"] = "true"
+        state["code"] = "idempotent_replay"
+    state["message_uuid"] = result.message_uuid
+    return Response(
+        result.body,
+        status_code=result.status,
+        headers=headers,
+        media_type=headers.pop("content-type", "application/json"),
+    )
 
 
 LOOKUP_ERRORS = (errors.Unauthorized, errors.NotFound, errors.InternalError)

@@ -62,9 +62,17 @@ def media_url(value: str) -> str:
 PhoneNumber = Annotated[
     StrictStr,
     AfterValidator(us_ca_number),
-    Field(description="Recipient, E.164, a valid US or Canadian number", examples=["+14155550100"]),
+    Field(
+        description="Recipient, E.164, a valid US or Canadian number (libphonenumber)",
+        examples=["+14155550100"],
+        json_schema_extra={"pattern": r"^\+[1-9][0-9]{1,14}$"},  # documented; checked above
+    ),
 ]
-MediaUrl = Annotated[StrictStr, AfterValidator(media_url)]
+MediaUrl = Annotated[
+    StrictStr,
+    AfterValidator(media_url),
+    Field(json_schema_extra={"format": "uri", "pattern": "^https?://[^\\s]+$", "maxLength": 2048}),
+]
 
 
 class SendRequest(BaseModel):

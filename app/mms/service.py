@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from app.config import Settings
-from app.errors import AppError
+from app.errors import AppError, IdempotencyInProgress, IdempotencyKeyReused, problem_body
 from app.logging import get_logger
+from app.mms.idempotency import ReleaseKey, TakeKey, fingerprint, lease_ms
 from app.mms.schemas import EventOut, MessageOut, SendRequest, SendResponse
 from app.plivo.client import Accepted, OutboundMms
 from app.plivo.sender import Sender, outcome_of
 from app.ratelimit import Limits
 from app.reconcile import first_check_at
 from app.store.db import Database, StoreUnavailable
-from app.store.repository import ERROR_MESSAGES, STATUS_RANK, RecordMessage, now_ms
+from app.store.repository import (
+    ERROR_MESSAGES,
+    STATUS_RANK,
+    RecordMessage,
+    idempotency_completion,
+    now_ms,
+)
 
 STATUS_CALLBACK_PATH = "/api/mms/status"
 log = get_logger("app.mms")
@@ -66,26 +76,30 @@ def message_row(
     }
 
 
+@dataclass(frozen=True)
+class SendResult:
+    """The response to give: fresh, or replayed from an Idempotency-Key record."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+    replayed: bool = False
+    message_uuid: str | None = None
+
+
 async def send_mms(
     request: SendRequest,
     *,
     caller: str,
     request_id: str,
+    idempotency_key: str | None,
     sender: Sender,
     limits: Limits,
     db: Database,
     settings: Settings,
-) -> SendResponse:
-    """Check the limits that count only real sends, call Plivo, record, answer."""
-    sender.check_breaker()  # an open breaker answers at once and counts against no limit
-    await limits.check_send(destination=request.to, caller=caller)
-    mms = OutboundMms(
-        src=settings.sender_number,
-        dst=request.to,
-        text=request.text,
-        media_urls=request.media_urls,
-        callback_url=callback_url(settings),
-    )
+) -> SendResult:
+    """Take the Idempotency-Key, check the limits that count only real sends, call Plivo,
+    record the outcome (and the key's stored response) before answering."""
     row = functools.partial(
         message_row,
         request,
@@ -93,24 +107,116 @@ async def send_mms(
         caller=caller,
         request_id=request_id,
         settings=settings,
+        idempotency_key=idempotency_key,
     )
+    if idempotency_key is not None:
+        replay = await _take_key(
+            db, caller, idempotency_key, request, row(status="unknown"), settings
+        )
+        if replay is not None:
+            return replay
+    mms = OutboundMms(
+        src=settings.sender_number,
+        dst=request.to,
+        text=request.text,
+        media_urls=request.media_urls,
+        callback_url=callback_url(settings),
+    )
+    keyed = idempotency_key is not None
     try:
+        sender.check_breaker()  # an open breaker answers at once and counts against no limit
+        await limits.check_send(destination=request.to, caller=caller)
         accepted = await sender.send(mms)
     except AppError as exc:
         outcome = outcome_of(exc)
         if outcome is not None:  # Plivo may have it (unknown) or refused it for good
-            await _record(db, row(status=outcome))
+            stored = _stored(exc.status, problem_body(exc, request_id), exc.headers, PROBLEM)
+            await _record(db, row(status=outcome), caller, idempotency_key, stored, keyed)
+        elif idempotency_key is not None:  # not stored: the same key may be retried
+            await _release(db, caller, idempotency_key, row(status="unknown")["id"])
         raise
-    # Recorded before the response: a caller that got 200 can always look it up.
-    await _record(db, row(status="queued", accepted=accepted))
-    return SendResponse(
+    response = SendResponse(
         message=accepted.message, messageUuid=accepted.message_uuids, apiId=accepted.api_id
     )
+    body = orjson.dumps(response.model_dump())
+    # Recorded before the response: a caller that got 200 can always look it up.
+    await _record(
+        db,
+        row(status="queued", accepted=accepted),
+        caller,
+        idempotency_key,
+        (200, body, {"content-type": JSON}),
+        keyed,
+    )
+    return SendResult(200, body, {}, message_uuid=accepted.message_uuids[0])
 
 
-async def _record(db: Database, row: dict[str, Any]) -> None:
+JSON = "application/json"
+PROBLEM = "application/problem+json"
+
+
+def _stored(
+    status: int, body: dict[str, Any], headers: dict[str, str], content_type: str
+) -> tuple[int, bytes, dict[str, str]]:
+    return status, orjson.dumps(body), {**headers, "content-type": content_type}
+
+
+async def _take_key(
+    db: Database,
+    caller: str,
+    key: str,
+    request: SendRequest,
+    message: dict[str, Any],
+    settings: Settings,
+) -> SendResult | None:
+    claim = await db.write(
+        TakeKey(
+            caller=caller,
+            key=key,
+            fingerprint=fingerprint(request.model_dump()),
+            lease_ms=lease_ms(settings.plivo_timeout_seconds, settings.shutdown_grace_seconds),
+            message_row=message,
+        )
+    )
+    if claim.kind == "mismatch":
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key was used with a different request; use a new key."
+        )
+    if claim.kind == "in_flight":
+        raise IdempotencyInProgress(
+            "A request with this Idempotency-Key is still in progress; retry shortly.",
+            headers={"Retry-After": "1"},
+        )
+    if claim.kind == "replay":
+        return SendResult(claim.status, claim.body, dict(claim.headers or {}), replayed=True)
+    return None
+
+
+async def _release(db: Database, caller: str, key: str, message_id: str) -> None:
     try:
-        await db.write(RecordMessage(row))
+        await db.write(ReleaseKey(caller, key, message_id))
+    except StoreUnavailable:  # the key stays in flight; its lease turns it into `unknown`
+        log.error("idempotency_release_failed", message_id=message_id)
+
+
+async def _record(
+    db: Database,
+    row: dict[str, Any],
+    caller: str,
+    key: str | None,
+    response: tuple[int, bytes, dict[str, str]],
+    keyed: bool,
+) -> None:
+    status, body, headers = response
+    completion = (
+        idempotency_completion(
+            caller, key, status, body.decode(), orjson.dumps(headers).decode(), row["id"]
+        )
+        if key is not None
+        else None
+    )
+    try:
+        await db.write(RecordMessage(row, idempotency=completion, existing=keyed))
     except StoreUnavailable:
         # Plivo already has the message: answering an error would invite a second send.
         log.error("record_failed", message_id=row["id"], message_uuid=row["message_uuid"])

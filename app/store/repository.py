@@ -59,7 +59,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _insert_ignore(conn: AsyncConnection, table: Any) -> Any:
+def insert_ignore(conn: AsyncConnection, table: Any) -> Any:
     """INSERT … ON CONFLICT DO NOTHING in the connection's dialect."""
     module = postgresql if conn.dialect.name == "postgresql" else sqlite
     return module.insert(table).on_conflict_do_nothing()
@@ -103,18 +103,51 @@ async def _apply_events(conn: AsyncConnection, rows: Sequence[Any]) -> None:
 
 
 # Write ops -----------------------------------------------------------------------------------
+_finish_message = (
+    update(messages)
+    .where(messages.c.id == bindparam("f_id"))
+    .values(
+        message_uuid=bindparam("f_uuid"),
+        api_id=bindparam("f_api_id"),
+        status=bindparam("f_status"),
+        status_rank=bindparam("f_rank"),
+        updated_at=bindparam("f_at"),
+        next_check_at=bindparam("f_next"),
+    )
+)
+
+
 @dataclass
 class RecordMessage(BatchedOp):
-    """Insert a message row (before the send's response is returned); events that arrived
-    before it (early callbacks) are applied in the same transaction."""
+    """Record a send's message row (before its response is returned); events that arrived
+    before it (early callbacks) are applied in the same transaction.
+
+    `existing`: the row was inserted when the Idempotency-Key was taken; it is updated.
+    `idempotency`: the key's stored response, committed together with the message."""
 
     row: dict[str, Any]
-    # Optional idempotency completion committed together with the message.
     idempotency: dict[str, Any] | None = None
+    existing: bool = False
 
     @classmethod
     async def run_many(cls, conn: AsyncConnection, ops: Sequence[Any]) -> list[Any]:
-        await conn.execute(messages.insert(), [op.row for op in ops])
+        new = [op.row for op in ops if not op.existing]
+        if new:
+            await conn.execute(messages.insert(), new)
+        finished = [
+            {
+                "f_id": r["id"],
+                "f_uuid": r["message_uuid"],
+                "f_api_id": r["api_id"],
+                "f_status": r["status"],
+                "f_rank": r["status_rank"],
+                "f_at": r["updated_at"],
+                "f_next": r["next_check_at"],
+            }
+            for r in (op.row for op in ops if op.existing)
+        ]
+        if finished:
+            await conn.execute(_finish_message, finished)
         done = [op.idempotency for op in ops if op.idempotency]
         if done:
             await conn.execute(_complete_idempotency, done)
@@ -146,7 +179,7 @@ class IngestEvent(BatchedOp):
         nonces = [op.nonce for op in ops if op.nonce]
         if nonces:
             result = await conn.execute(
-                _insert_ignore(conn, callback_nonces).returning(callback_nonces.c.nonce),
+                insert_ignore(conn, callback_nonces).returning(callback_nonces.c.nonce),
                 [{"nonce": n, "seen_at": now_ms()} for n in dict.fromkeys(nonces)],
             )
             new = {row.nonce for row in result}
@@ -159,7 +192,7 @@ class IngestEvent(BatchedOp):
                     fresh.append(op)
         if fresh:
             await conn.execute(
-                _insert_ignore(conn, events),
+                insert_ignore(conn, events),
                 [
                     {
                         "message_uuid": op.message_uuid,

@@ -1,0 +1,153 @@
+"""Idempotency-Key (IETF draft, Stripe's semantics): a retried call never becomes a second MMS.
+
+Keys are scoped per caller name and kept 24 h in the store, so they survive restarts and
+are shared by replicas. Exclusivity comes from the database — an INSERT that conflicts —
+never from an in-process lock. What is stored (SPEC §3): Plivo accepted (2xx), rejected for
+good (400/422), or the outcome is unknown; everything else releases the key.
+
+A keyed send also records its message row (status `unknown`) when the key is taken, so a
+crash mid-send leaves something for reconciliation to resolve. A key still in flight once
+its lease (deadline + shutdown grace + margin) has passed was orphaned by a crash: it
+becomes a stored unknown outcome, replayed as 504 `upstream_timeout`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.errors import UpstreamTimeout, problem_body
+from app.store.repository import insert_ignore, now_ms
+from app.store.tables import idempotency_keys, messages
+
+KEEP_MS = 24 * 3600 * 1000
+SLOT_AND_MARGIN_SECONDS = 5.0
+
+
+def fingerprint(request: dict[str, Any]) -> str:
+    """Same validated request, same fingerprint — whatever the JSON's key order or spacing."""
+    return hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def lease_ms(timeout_seconds: float, grace_seconds: float) -> int:
+    return int((timeout_seconds + grace_seconds + SLOT_AND_MARGIN_SECONDS) * 1000)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What taking a key found: `new` (go ahead), `replay`, `mismatch` or `in_flight`."""
+
+    kind: str
+    status: int = 0
+    body: bytes = b""
+    headers: dict[str, str] | None = None
+
+
+@dataclass
+class TakeKey:
+    """Write op: take (caller, key) for this request, or report what holds it."""
+
+    caller: str
+    key: str
+    fingerprint: str
+    lease_ms: int
+    message_row: dict[str, Any]  # inserted (status unknown) when the key is taken
+
+    async def run(self, conn: AsyncConnection) -> Claim:
+        now = now_ms()
+        taken = await conn.execute(
+            insert_ignore(conn, idempotency_keys)
+            .values(
+                caller=self.caller,
+                key=self.key,
+                fingerprint=self.fingerprint,
+                state="in_flight",
+                message_id=self.message_row["id"],
+                created_at=now,
+                lease_until=now + self.lease_ms,
+            )
+            .returning(idempotency_keys.c.key)
+        )
+        if taken.first() is None:
+            held = (
+                await conn.execute(
+                    select(idempotency_keys).where(
+                        idempotency_keys.c.caller == self.caller,
+                        idempotency_keys.c.key == self.key,
+                    )
+                )
+            ).one()
+            if held.created_at >= now - KEEP_MS:
+                return await self._held(conn, held, now)
+            await conn.execute(  # older than 24 h: the key is free again
+                update(idempotency_keys)
+                .where(idempotency_keys.c.caller == self.caller, idempotency_keys.c.key == self.key)
+                .values(
+                    fingerprint=self.fingerprint,
+                    state="in_flight",
+                    status_code=None,
+                    body=None,
+                    headers=None,
+                    message_id=self.message_row["id"],
+                    created_at=now,
+                    lease_until=now + self.lease_ms,
+                )
+            )
+        # The message row waits for its outcome; reconciliation looks at it only once the
+        # lease has passed (a crash), never while the send is in flight.
+        await conn.execute(
+            messages.insert().values(**{**self.message_row, "next_check_at": now + self.lease_ms})
+        )
+        return Claim("new")
+
+    async def _held(self, conn: AsyncConnection, held: Any, now: int) -> Claim:
+        if held.fingerprint != self.fingerprint:
+            return Claim("mismatch")
+        if held.state == "done":
+            return Claim("replay", held.status_code, held.body.encode(), orjson.loads(held.headers))
+        if held.lease_until > now:
+            return Claim("in_flight")
+        # Orphaned by a crash: the send may or may not have reached Plivo.
+        request_id = (
+            await conn.execute(
+                select(messages.c.request_id).where(messages.c.id == held.message_id)
+            )
+        ).scalar() or "-"
+        error = UpstreamTimeout("The send was interrupted; its outcome is unknown.")
+        body = orjson.dumps(problem_body(error, request_id)).decode()
+        headers = {"content-type": "application/problem+json"}
+        await conn.execute(
+            update(idempotency_keys)
+            .where(idempotency_keys.c.caller == self.caller, idempotency_keys.c.key == self.key)
+            .values(
+                state="done",
+                status_code=error.status,
+                body=body,
+                headers=orjson.dumps(headers).decode(),
+            )
+        )
+        return Claim("replay", error.status, body.encode(), headers)
+
+
+@dataclass
+class ReleaseKey:
+    """Write op: the outcome is not stored; the same key may be retried (SPEC)."""
+
+    caller: str
+    key: str
+    message_id: str
+
+    async def run(self, conn: AsyncConnection) -> None:
+        await conn.execute(
+            delete(idempotency_keys).where(
+                idempotency_keys.c.caller == self.caller,
+                idempotency_keys.c.key == self.key,
+                idempotency_keys.c.message_id == self.message_id,
+            )
+        )
+        await conn.execute(delete(messages).where(messages.c.id == self.message_id))

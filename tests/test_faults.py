@@ -1,0 +1,212 @@
+"""Fault injection against the real server (`python -m app`) and the fake Plivo on loopback.
+
+Assertions are on the fake's call counters and on what callers see; time bounds are
+generous — no test here fails because the machine is slow.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests import fakeplivo as fp
+from tests.conftest import API_KEYS, KEY_A, VALID
+
+pytestmark = pytest.mark.e2e
+A = {"X-API-Key": KEY_A}
+
+
+def keyed(key):
+    return {**A, "Idempotency-Key": key}
+
+
+def post(server, body=VALID, headers=A, timeout=30.0):
+    return httpx.post(f"{server.url}/api/mms/send", json=body, headers=headers, timeout=timeout)
+
+
+def test_fifty_concurrent_one_key_one_call_and_replays_survive_restarts(server_factory, fake_plivo):
+    """50 at once with one key: one Plivo call; replays after a restart make no new call."""
+    fake_plivo.set_default(fp.ok(delay=0.5))
+    server = server_factory(API_KEYS=API_KEYS)
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        responses = list(pool.map(lambda _: post(server, headers=keyed("k-50")), range(50)))
+    fresh = [
+        r for r in responses if r.status_code == 200 and "idempotent-replayed" not in r.headers
+    ]
+    others = [r for r in responses if r not in fresh]
+    assert len(fresh) == 1  # the one that went to Plivo; the rest were held off or replayed
+    assert all(
+        r.status_code == 409 or r.headers.get("idempotent-replayed") == "true" for r in others
+    )
+    assert len(fake_plivo.sends()) == 1
+    original = fresh[0].json()
+    assert server.terminate() == 0
+    restarted = server_factory(API_KEYS=API_KEYS)
+    replay = post(restarted, headers=keyed("k-50"))
+    assert replay.status_code == 200 and replay.json() == original
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert len(fake_plivo.sends()) == 1
+
+
+def test_kill_9_mid_send_then_restart_makes_no_new_call(server_factory, fake_plivo):
+    """A key orphaned by a crash is 409 during its lease, then a stored unknown outcome (504)."""
+    settings = {"API_KEYS": API_KEYS, "PLIVO_TIMEOUT_SECONDS": 1, "SHUTDOWN_GRACE_SECONDS": 1}
+    fake_plivo.set_default(fp.hang())
+    server = server_factory(**settings)
+    in_flight = threading.Thread(
+        target=lambda: _ignore(lambda: post(server, headers=keyed("crash")))
+    )
+    in_flight.start()
+    _wait_for(lambda: len(fake_plivo.sends()) == 1)
+    server.proc.kill()  # SIGKILL mid-send: nothing recorded the outcome
+    server.proc.wait(10)
+    in_flight.join(30)
+    fake_plivo.set_default(fp.ok())
+    restarted = server_factory(**settings)
+    early = post(restarted, headers=keyed("crash"))
+    assert early.status_code == 409 and early.json()["code"] == "idempotency_in_progress"
+    time.sleep(7.5)  # the lease: deadline 1 s + grace 1 s + 5 s margin
+    late = post(restarted, headers=keyed("crash"))
+    assert late.status_code == 504 and late.json()["code"] == "upstream_timeout"
+    assert late.headers["idempotent-replayed"] == "true"
+    assert len(fake_plivo.sends()) == 1
+    listed = httpx.get(
+        f"{restarted.url}/api/mms", params={"idempotencyKey": "crash"}, headers=A
+    ).json()
+    assert [m["status"] for m in listed["items"]] == ["unknown"]
+
+
+def test_hung_plivo_gives_504_within_the_deadline(server_factory, fake_plivo):
+    fake_plivo.set_default(fp.hang())
+    server = server_factory(PLIVO_TIMEOUT_SECONDS=2)
+    started = time.monotonic()
+    response = post(server)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 504 and response.json()["code"] == "upstream_timeout"
+    assert elapsed < 2 + 5  # the deadline plus a generous margin, never a hang
+    assert len(fake_plivo.sends()) == 1
+
+
+def test_refused_is_retried_then_503(server_factory, fake_plivo):
+    from tests.server import free_port
+
+    server = server_factory(PLIVO_API_URL=f"http://127.0.0.1:{free_port()}/v1", LOG_LEVEL="debug")
+    response = post(server)
+    assert response.status_code == 503 and response.json()["code"] == "upstream_unavailable"
+    assert int(response.headers["retry-after"]) >= 1
+    attempts = [
+        json.loads(line) for line in server.logs().splitlines() if '"plivo_attempt"' in line
+    ]
+    assert [a["outcome"] for a in attempts] == ["PlivoUnreachable"] * 3
+
+
+def test_429_with_retry_after_waits_and_succeeds(server_factory, fake_plivo):
+    fake_plivo.script(fp.status(429, retry_after="1"))
+    server = server_factory()
+    started = time.monotonic()
+    response = post(server)
+    assert response.status_code == 200
+    assert time.monotonic() - started >= 0.9  # Retry-After honoured
+    assert len(fake_plivo.sends()) == 2
+
+
+def test_dropped_after_sending_is_502_once_then_reconciled(server_factory, fake_plivo):
+    """Plivo queued it but the answer was lost: 502 once; reconciliation finds it in the list."""
+    fake_plivo.script(fp.accept_then_drop())
+    server = server_factory(API_KEYS=API_KEYS, RECONCILE_AFTER_SECONDS=0, RECONCILE_RATE=20)
+    response = post(server, headers=keyed("dropped"))
+    assert response.status_code == 502 and response.json()["code"] == "upstream_error"
+    assert len(fake_plivo.sends()) == 1
+    [plivo_uuid] = list(fake_plivo.mdrs)
+    fake_plivo.mdrs[plivo_uuid].message_state = "delivered"
+
+    def resolved():
+        items = httpx.get(
+            f"{server.url}/api/mms", params={"idempotencyKey": "dropped"}, headers=A
+        ).json()["items"]
+        return items and items[0]["messageUuid"] == plivo_uuid and items[0]["status"] == "delivered"
+
+    _wait_for(resolved, timeout=20)
+    replay = post(server, headers=keyed("dropped"))
+    assert replay.status_code == 502 and replay.headers["idempotent-replayed"] == "true"
+    assert len(fake_plivo.sends()) == 1
+
+
+def test_breaker_opens_answers_without_plivo_one_trial_closes(server_factory, fake_plivo):
+    server = server_factory(CIRCUIT_FAILURE_THRESHOLD=3, CIRCUIT_RESET_SECONDS=2)
+    fake_plivo.set_default(fp.status(500))
+    assert [post(server).status_code for _ in range(3)] == [502, 502, 502]
+    assert len(fake_plivo.sends()) == 3
+    opened = post(server)
+    assert opened.status_code == 503 and opened.json()["code"] == "upstream_unavailable"
+    assert 1 <= int(opened.headers["retry-after"]) <= 2
+    assert len(fake_plivo.sends()) == 3  # answered without touching Plivo
+    ready = httpx.get(f"{server.url}/ready").json()
+    assert ready["degraded"] == ["circuit_open"]
+    time.sleep(2.2)
+    fake_plivo.set_default(fp.ok(delay=1.0))
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        trial = list(pool.map(lambda _: post(server), range(4)))
+    assert sorted(r.status_code for r in trial) == [200, 503, 503, 503]
+    assert len(fake_plivo.sends()) == 4  # exactly one trial reached Plivo
+    fake_plivo.set_default(fp.ok())
+    assert post(server).status_code == 200  # closed again
+    assert httpx.get(f"{server.url}/ready").json()["degraded"] == []
+
+
+def test_no_concurrency_slot_within_a_second_is_503(server_factory, fake_plivo):
+    fake_plivo.set_default(fp.ok(delay=3.0))
+    server = server_factory(PLIVO_MAX_CONCURRENCY=1)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(post, server)
+        time.sleep(0.3)
+        second = pool.submit(post, server, {**VALID, "to": "+14155550101"})
+        results = [first.result(), second.result()]
+    assert results[0].status_code == 200
+    assert results[1].status_code == 503 and results[1].headers["retry-after"] == "1"
+    assert len(fake_plivo.sends()) == 1
+
+
+def test_sigterm_during_a_slow_send_lets_it_finish(server_factory, fake_plivo):
+    fake_plivo.set_default(fp.ok(delay=2.0))
+    server = server_factory(SHUTDOWN_GRACE_SECONDS=10)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(post, server)
+        _wait_for(lambda: fake_plivo.in_flight == 1)
+        started = time.monotonic()
+        server.proc.send_signal(15)
+        response = pending.result()
+        code = server.proc.wait(30)
+    assert response.status_code == 200
+    assert code == 0 and time.monotonic() - started < 10
+    assert '"draining"' in server.logs()
+
+
+def test_sigterm_drains_sandbox_deliveries(server_factory, fake_plivo):
+    """Shutdown waits for the service's own tasks: the simulated delivery still lands."""
+    server = server_factory(PLIVO_AUTH_ID="", PLIVO_AUTH_TOKEN="", PLIVO_SENDER_NUMBER="")
+    message_uuid = post(server).json()["messageUuid"][0]
+    assert server.terminate() == 0
+    restarted = server_factory(PLIVO_AUTH_ID="", PLIVO_AUTH_TOKEN="", PLIVO_SENDER_NUMBER="")
+    message = httpx.get(f"{restarted.url}/api/mms/{message_uuid}").json()
+    assert message["status"] == "delivered"
+
+
+def _wait_for(condition, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def _ignore(call):
+    with contextlib.suppress(httpx.HTTPError):
+        call()
