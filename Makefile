@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy app
 
 bench: $(STAMP)
-	$(PY) benchmarks/compare.py $(BENCH_ARGS)
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 # Regenerate the lock files after changing pyproject.toml (needs `uv`: pip install uv).
 lock:

@@ -1,0 +1,449 @@
+"""`make bench`: every scenario of the performance issue, side by side with the Node peer.
+
+    python benchmarks/run.py [--scenarios overhead,concurrency,callbacks,coldstart,features]
+                             [--rounds 3] [--duration 10]
+
+1. overhead     upstream 0 ms, 50 connections (peer's compare.sh, interleaved rounds)
+2. concurrency  upstream 100 ms, 200 connections (ceiling: 100 in flight / 0.1 s)
+3. callbacks    unique, validly signed callbacks into SQLite and PostgreSQL (no peer feature)
+4. coldstart    seconds from exec to the first 200 on /health (RSS comes from scenario 2)
+5. features     CPU per send with each feature switched off in turn (this service alone)
+
+Both services get one core (taskset), realistic limits (RATE_LIMIT=100/minute, load spread
+over 10,000 client addresses and 1,000 destinations), PLIVO_MAX_CONCURRENCY=100, every
+feature on (API key, both limits, daily quota, logging, metrics, the record).
+Results: benchmarks/results/latest.{md,json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = ROOT / "benchmarks"
+RESULTS = HERE / "results"
+PYTHON = sys.executable
+PORT = 3102
+FAKE_PORT = 8765
+AUTH_ID, AUTH_TOKEN = "MAFAKEAUTHID00000000", "fake-auth-token"
+API_KEY = "bench-0123456789abcdef"
+PUBLIC = "https://mms.example.com"
+sys.path.insert(0, str(ROOT))
+
+# Every feature on, as in production (the load carries the API key).
+SERVICE_ENV = {
+    "API_KEYS": f"bench:{API_KEY}",
+    "RATE_LIMIT": "100/minute",
+    "RATE_LIMIT_PER_DESTINATION": "100000/hour",
+    "DAILY_QUOTA_PER_KEY": "1000000000",
+    "PLIVO_MAX_CONCURRENCY": "100",
+    "LOG_FORMAT": "json",
+    "LOG_LEVEL": "info",
+    "PUBLIC_BASE_URL": PUBLIC,
+}
+
+
+# Peer and helpers --------------------------------------------------------------------------
+def prepare_peer(workdir: Path) -> Path:
+    """A writable copy of ../shared/peer with its dependencies installed (idempotent)."""
+    source = Path(os.environ.get("PEER_DIR", ROOT.parent / "shared" / "peer")).resolve()
+    target = workdir / "peer"
+    if not (target / "compare.sh").exists():
+        shutil.copytree(source, target, dirs_exist_ok=True)
+        for path in target.rglob("*"):
+            path.chmod(path.stat().st_mode | 0o200)
+    subprocess.run([str(target / "setup.sh"), "--quiet"], check=True, timeout=900)
+    return target
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.02)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout}s")
+
+
+def start_service(env: dict[str, str], log: Path, *, variant_off: str = "") -> subprocess.Popen:
+    full = {**os.environ, **env, "PORT": str(PORT), "HOST": "127.0.0.1"}
+    command = [PYTHON, "-m", "app"]
+    if variant_off:
+        full["BENCH_FEATURES_OFF"] = variant_off
+        command = [PYTHON, str(HERE / "variant.py")]
+    return subprocess.Popen(
+        ["taskset", "-c", "0", *command], cwd=ROOT, env=full,
+        stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def fresh_sqlite(workdir: Path, name: str) -> str:
+    path = workdir / f"{name}.db"
+    for suffix in ("", "-wal", "-shm", ".migrate.lock"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return f"sqlite+aiosqlite:///{path}"
+
+
+# 1 + 2: side by side with the peer ---------------------------------------------------------
+def compare(peer: Path, workdir: Path, latency: int, connections: int, rounds: int,
+            duration: int) -> dict[str, Any]:
+    env = {**SERVICE_ENV, "DATABASE_URL": fresh_sqlite(workdir, f"compare{latency}")}
+    env_args = " ".join(f"{k}={v}" for k, v in env.items())
+    command = [
+        str(peer / "compare.sh"), "--latency-ms", str(latency), "--connections", str(connections),
+        "--duration", str(duration), "--rounds", str(rounds), "--label-b", "mms-gateway",
+        "--b-health", f"http://127.0.0.1:{PORT}/health",
+        f"exec env {env_args} {PYTHON} -m app", f"http://127.0.0.1:{PORT}/api/mms/send",
+    ]
+    summary: dict[str, Any] = {}
+    run_env = {**os.environ, "LOAD_AUTHORIZATION": f"Bearer {API_KEY}",
+               "B_RATE_LIMIT": SERVICE_ENV["RATE_LIMIT"],
+               "B_RATE_LIMIT_PER_DESTINATION": SERVICE_ENV["RATE_LIMIT_PER_DESTINATION"]}
+    with subprocess.Popen(command, cwd=ROOT, env=run_env, stdout=subprocess.PIPE,
+                          text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("SUMMARY_JSON "):
+                summary = json.loads(line.removeprefix("SUMMARY_JSON "))
+            elif line.startswith(("round", "ratio", "A ", "B ", "WARNING", "==")):
+                print("   ", line.rstrip(), flush=True)
+    if proc.returncode != 0 or not summary:
+        raise SystemExit(f"compare.sh failed (exit {proc.returncode})")
+    return summary
+
+
+# 3: callback ingest -----------------------------------------------------------------------
+def _signed_callbacks(path: Path, uuids: list[str], count: int) -> None:
+    from plivo.utils.signature_v3 import construct_post_url, get_signature_v3
+
+    url = f"{PUBLIC}/api/mms/status"
+    statuses = ("sent", "delivered")
+    with path.open("w") as out:
+        for i in range(count):
+            params = {
+                "MessageUUID": uuids[i % len(uuids)],
+                "Status": statuses[(i // len(uuids)) % 2],
+                "Sequence": str(2 + (i // len(uuids)) % 2),
+                "To": "14155550100",
+                "From": "14155550000",
+                "Units": "1",
+                "TotalRate": "0.02",
+                "TotalAmount": "0.02",
+                "MessageTime": "2026-11-26 12:00:00",
+            }
+            nonce = f"n{i:08d}{os.urandom(4).hex()}"
+            base = construct_post_url(url, dict(params)).decode()
+            signature = get_signature_v3(AUTH_TOKEN.encode(), base, nonce.encode()).decode()
+            out.write(f"{signature}\t{nonce}\t{urlencode(params)}\n")
+
+
+def _seed_messages(url: str, count: int) -> list[str]:
+    """Messages the callbacks refer to, recorded directly in the store."""
+    import asyncio
+
+    from app.store.db import Database
+    from app.store.repository import RecordMessage, now_ms
+
+    uuids = [f"{i:08x}-0000-4000-8000-{os.urandom(6).hex()}" for i in range(count)]
+
+    async def seed() -> None:
+        db = Database(url)
+        await db.start()
+        now = now_ms()
+        await asyncio.gather(*(
+            db.write(RecordMessage({
+                "id": os.urandom(16).hex(), "caller": "bench", "message_uuid": u,
+                "api_id": None, "to_number": "+14155550100", "from_number": "+14155550000",
+                "media_count": 1, "text": None, "status": "queued", "status_rank": 1,
+                "error_code": None, "idempotency_key": None, "request_id": None,
+                "created_at": now, "updated_at": now, "next_check_at": now + 86_400_000,
+                "checks": 0, "claimed_until": None,
+            })) for u in uuids
+        ))
+        await db.close()
+
+    asyncio.run(seed())
+    return uuids
+
+
+def callbacks(workdir: Path, store: str, duration: int) -> dict[str, Any]:
+    if store == "sqlite":
+        url = fresh_sqlite(workdir, "callbacks")
+        role = None
+    else:
+        role = "bench_" + os.urandom(4).hex()
+        _psql(f"CREATE ROLE {role} LOGIN; CREATE SCHEMA {role} AUTHORIZATION {role};")
+        url = f"postgresql+asyncpg://{role}@127.0.0.1:5432/test"
+    try:
+        uuids = _seed_messages(url, 5000)
+        requests_file = workdir / "callbacks.tsv"
+        _signed_callbacks(requests_file, uuids, 120_000)
+        env = {**SERVICE_ENV, "DATABASE_URL": url, "PLIVO_AUTH_ID": AUTH_ID,
+               "PLIVO_AUTH_TOKEN": AUTH_TOKEN, "PLIVO_SENDER_NUMBER": "+14155550000",
+               "PLIVO_API_URL": f"http://127.0.0.1:{FAKE_PORT}/v1"}
+        proc = start_service(env, workdir / f"callbacks-{store}.log")
+        try:
+            wait_http(f"http://127.0.0.1:{PORT}/health")
+            _wrk_callbacks(requests_file, 3, 50)  # warm-up (imports the plivo SDK, etc.)
+            cpu = cpu_seconds(proc.pid)
+            result = _wrk_callbacks(requests_file, duration, 50)
+            result["svc_cpu_ms_per_req"] = round(
+                (cpu_seconds(proc.pid) - cpu) * 1000 / max(1, result["requests"]), 3
+            )
+        finally:
+            stop(proc)
+        result["store"] = store
+        return result
+    finally:
+        if role:
+            _psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename='{role}';"
+                  f"DROP SCHEMA {role} CASCADE; DROP ROLE {role};")
+
+
+def _psql(sql: str) -> None:
+    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qAtc", sql],
+                   check=True, capture_output=True, timeout=60)
+
+
+def _wrk_callbacks(requests_file: Path, duration: int, connections: int) -> dict[str, Any]:
+    out = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s",
+         "--timeout", "5s", "-s", str(HERE / "callbacks.lua"),
+         f"http://127.0.0.1:{PORT}/api/mms/status"],
+        env={**os.environ, "CALLBACKS_FILE": str(requests_file)},
+        capture_output=True, text=True, timeout=duration + 60,
+    ).stdout
+    line = next(x for x in out.splitlines() if x.startswith("WRK_JSON "))
+    raw = json.loads(line.removeprefix("WRK_JSON "))
+    return {
+        "requests": raw["requests"],
+        "rps": round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
+        "p50_ms": round(raw["p50_us"] / 1000, 2),
+        "p99_ms": round(raw["p99_us"] / 1000, 2),
+        "non2xx": raw["status"],
+        "errors": raw["connect"] + raw["read"] + raw["write"] + raw["timeout"],
+    }
+
+
+# 4: cold start ----------------------------------------------------------------------------
+def cold_start(workdir: Path, runs: int = 5) -> dict[str, Any]:
+    """Exec -> first 200 on /health: a restart (schema already there) and a first start."""
+    env = {**SERVICE_ENV, "LOG_LEVEL": "warning"}
+    restart_url = fresh_sqlite(workdir, "coldstart")
+    times: dict[str, list[float]] = {"restart": [], "first_start": []}
+    for i in range(runs + 1):
+        for kind in ("restart", "first_start"):
+            url = restart_url if kind == "restart" else fresh_sqlite(workdir, f"first{i}")
+            started = time.perf_counter()
+            proc = start_service({**env, "DATABASE_URL": url}, workdir / "coldstart.log")
+            try:
+                wait_http(f"http://127.0.0.1:{PORT}/health", timeout=30)
+                elapsed = time.perf_counter() - started
+            finally:
+                stop(proc)
+            if i > 0:  # the first round primes the page cache and the .pyc files
+                times[kind].append(elapsed)
+    return {k: round(statistics.median(v), 3) for k, v in times.items()} | {"runs": runs}
+
+
+# 5: per-feature CPU -----------------------------------------------------------------------
+FEATURES = [
+    # (label, config changes, code switches for variant.py)
+    ("all features on", {}, ""),
+    ("auth off", {"API_KEYS": ""}, ""),
+    ("per-IP limit off", {}, "ip_limit"),
+    ("per-destination limit off", {}, "destination_limit"),
+    ("daily quota off", {"DAILY_QUOTA_PER_KEY": "0"}, ""),
+    ("request log line off", {"LOG_LEVEL": "warning"}, ""),
+    ("metrics off", {}, "metrics"),
+    ("record off", {}, "record"),
+    ("everything above off", {"API_KEYS": "", "DAILY_QUOTA_PER_KEY": "0",
+                              "LOG_LEVEL": "warning"},
+     "ip_limit,destination_limit,metrics,record"),
+]
+
+
+def features(peer: Path, workdir: Path, duration: int) -> list[dict[str, Any]]:
+    fake = subprocess.Popen(
+        ["taskset", "-c", "1", str(peer / ".venv/bin/python"), str(peer / "fake_plivo.py"),
+         "--port", str(FAKE_PORT), "--auth-id", AUTH_ID, "--auth-token", AUTH_TOKEN],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    rows = []
+    try:
+        wait_http(f"http://127.0.0.1:{FAKE_PORT}/_stats")
+        for label, config, switches in FEATURES:
+            env = {**SERVICE_ENV, **config, "DATABASE_URL": fresh_sqlite(workdir, "features"),
+                   "PLIVO_AUTH_ID": AUTH_ID, "PLIVO_AUTH_TOKEN": AUTH_TOKEN,
+                   "PLIVO_SENDER_NUMBER": "+14155550000",
+                   "PLIVO_API_URL": f"http://127.0.0.1:{FAKE_PORT}/v1"}
+            proc = start_service(env, workdir / "features.log", variant_off=switches)
+            try:
+                wait_http(f"http://127.0.0.1:{PORT}/health")
+                load = {"LOAD_SPREAD": "1", "LOAD_CPUS": "1"}
+                if env["API_KEYS"]:
+                    load["LOAD_AUTHORIZATION"] = f"Bearer {API_KEY}"
+                _load(peer, load, 3)  # warm-up
+                cpu = cpu_seconds(proc.pid)
+                result = _load(peer, load, duration)
+                cpu = cpu_seconds(proc.pid) - cpu
+            finally:
+                stop(proc)
+            rows.append({
+                "variant": label, "rps": result["rps"], "p99_ms": result["p99_ms"],
+                "non2xx": result["non2xx"],
+                "cpu_us_per_send": round(cpu * 1e6 / max(1, result["requests"]), 1),
+            })
+            print(f"    {label:28s} {rows[-1]['cpu_us_per_send']:7.1f} µs CPU/send "
+                  f"{result['rps']:8.1f} req/s", flush=True)
+    finally:
+        stop(fake)
+    base = rows[0]["cpu_us_per_send"]
+    for row in rows:
+        row["saves_us"] = round(base - row["cpu_us_per_send"], 1)
+    return rows
+
+
+def _load(peer: Path, env: dict[str, str], duration: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [str(peer / "load.sh"), f"http://127.0.0.1:{PORT}/api/mms/send", "50", str(duration)],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=duration + 60,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# Report -----------------------------------------------------------------------------------
+def report(results: dict[str, Any]) -> str:
+    lines = [f"Measured {results['when']} on this machine ({os.cpu_count()} cores), "
+             f"{results['rounds']} interleaved rounds of {results['duration']} s per side.", ""]
+    lines += ["| scenario | peer (Node) | mms-gateway | ratio | target |", "|---|---|---|---|---|"]
+    for key, name, rps_target in (("overhead", "1. upstream 0 ms, 50 conn", "≥ 1.0×, p99 ≤ peer"),
+                                  ("concurrency", "2. upstream 100 ms, 200 conn",
+                                   "≥ peer, p99 ≤ peer")):
+        s = results.get(key)
+        if not s:
+            continue
+        a, b, r = s["A"], s["B"], s["ratio_B_over_A"]
+        lines.append(f"| {name}: req/s | {a['median_rps']:.0f} | {b['median_rps']:.0f} | "
+                     f"{r['rps']}× | {rps_target} |")
+        lines.append(f"| {name}: p99 | {a['median_p99_ms']:.1f} ms | {b['median_p99_ms']:.1f} ms"
+                     f" | {r['p99']}× | |")
+        lines.append(f"| {name}: CPU per request | {a['median_svc_cpu_ms_per_req']} ms | "
+                     f"{b['median_svc_cpu_ms_per_req']} ms | {r['cpu_per_req']}× | |")
+        if key == "concurrency":
+            lines.append(f"| RSS after scenario 2 | {a['rss_after_load']['vmrss_kb'] / 1024:.0f}"
+                         f" MiB | {b['rss_after_load']['tree_rss_kb'] / 1024:.0f} MiB | "
+                         f"{r['rss']}× | ≤ peer |")
+    for c in results.get("callbacks", []):
+        lines.append(f"| 3. callbacks into {c['store']} | — | {c['rps']:.0f}/s (p99 {c['p99_ms']}"
+                     f" ms, {c['non2xx']} non-2xx) | | ≥ 2,000/s on SQLite |")
+    if "coldstart" in results:
+        cs = results["coldstart"]
+        lines.append(f"| 4. cold start to first /health 200 | — | {cs['restart']} s (restart), "
+                     f"{cs['first_start']} s (empty database) | | ≤ 1.5 s |")
+    if results.get("features"):
+        lines += ["", "Per-feature CPU (this service alone, upstream 0 ms, 50 connections, one "
+                  "core; each row switches one feature off):", "",
+                  "| variant | CPU per send | saves | req/s |", "|---|---|---|---|"]
+        for row in results["features"]:
+            lines.append(f"| {row['variant']} | {row['cpu_us_per_send']} µs | "
+                         f"{row['saves_us']} µs | {row['rps']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios = [(k, n) for k, n in (("overhead", "upstream 0 ms\n50 conn"),
+                                     ("concurrency", "upstream 100 ms\n200 conn"))
+                 if results.get(k)]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric, title in ((axes[0], "median_rps", "throughput (req/s)"),
+                              (axes[1], "median_p99_ms", "p99 latency (ms)")):
+        x = range(len(scenarios))
+        peer = [results[k]["A"][metric] for k, _ in scenarios]
+        ours = [results[k]["B"][metric] for k, _ in scenarios]
+        ax.bar([i - 0.2 for i in x], peer, width=0.4, label="Node peer")
+        ax.bar([i + 0.2 for i in x], ours, width=0.4, label="mms-gateway")
+        ax.set_xticks(list(x), [n for _, n in scenarios])
+        ax.set_title(title)
+        ax.legend()
+    fig.suptitle(f"mms-gateway vs the Node/Fastify peer — {results['when']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenarios", default="overhead,concurrency,callbacks,coldstart,features")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "mms-bench"))
+    args = parser.parse_args()
+    chosen = args.scenarios.split(",")
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    peer = prepare_peer(workdir)
+    results: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M"), "rounds": args.rounds,
+                               "duration": args.duration}
+    if "overhead" in chosen:
+        print("== 1. overhead: upstream 0 ms, 50 connections", flush=True)
+        results["overhead"] = compare(peer, workdir, 0, 50, args.rounds, args.duration)
+    if "concurrency" in chosen:
+        print("== 2. concurrency: upstream 100 ms, 200 connections", flush=True)
+        results["concurrency"] = compare(peer, workdir, 100, 200, args.rounds, args.duration)
+    if "callbacks" in chosen:
+        print("== 3. callback ingest", flush=True)
+        results["callbacks"] = [callbacks(workdir, s, args.duration) for s in ("sqlite", "postgres")]
+    if "coldstart" in chosen:
+        print("== 4. cold start", flush=True)
+        results["coldstart"] = cold_start(workdir)
+    if "features" in chosen:
+        print("== 5. per-feature CPU", flush=True)
+        results["features"] = features(peer, workdir, args.duration)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
+    table = report(results)
+    (RESULTS / "latest.md").write_text(table)
+    if results.get("overhead") or results.get("concurrency"):
+        chart(results, RESULTS / "latest.png")
+    print()
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Start `python -m app` with some features switched off — for the per-feature CPU table only.
+
+    BENCH_FEATURES_OFF=ip_limit,destination_limit,record python benchmarks/variant.py
+
+Features that have a configuration switch are turned off by configuration in run.py
+(auth: no API_KEYS; quota: DAILY_QUOTA_PER_KEY=0; logging: LOG_LEVEL=warning); the others
+have none in production on purpose, so this launcher replaces them with no-ops here.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+OFF = {f for f in os.environ.get("BENCH_FEATURES_OFF", "").split(",") if f}
+
+
+def _switch_off() -> None:
+    if "ip_limit" in OFF:
+        from app import ratelimit
+
+        async def pass_through(self: Any, scope: Any, receive: Any, send: Any) -> None:
+            await self.app(scope, receive, send)
+
+        ratelimit.ClientRateLimitMiddleware.__call__ = pass_through  # type: ignore[method-assign]
+    if "destination_limit" in OFF:
+        from app import ratelimit
+
+        async def quota_only(self: Any, *, destination: str, caller: str) -> None:
+            if self.daily_quota:
+                await self.store.daily_hit(self.daily_quota, "quota", caller)
+
+        ratelimit.Limits.check_send = quota_only  # type: ignore[method-assign]
+    if "record" in OFF:
+        from app.mms import service
+
+        async def no_record(*args: Any, **kwargs: Any) -> None:
+            return None
+
+        service._record = no_record  # type: ignore[assignment]
+    if "metrics" in OFF:
+        from app import metrics
+
+        metrics.disable_for_benchmark()
+
+
+if __name__ == "__main__":
+    _switch_off()
+    from app.__main__ import main
+
+    sys.exit(main(sys.argv[1:]))
