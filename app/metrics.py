@@ -220,6 +220,8 @@ class Metrics:
     # Requests (the middleware's observer) -----------------------------------------------
     def observe_request(self, scope: Scope, route: str, status: int, seconds: float) -> None:
         method = scope["method"]
+        if method not in _METHODS:  # before the cache: its keys must be bounded too
+            method = "other"
         key = (method, route, status)
         children = self._http.get(key)
         if children is None:
@@ -239,10 +241,9 @@ class Metrics:
 
     def _http_children(self, key: tuple[str, str, int]) -> tuple[Any, Any]:
         method, route, status = key
-        label = method if method in _METHODS else "other"
         children = (
-            self.http_requests.labels(label, route, str(status)),
-            self.http_duration.labels(label, route),
+            self.http_requests.labels(method, route, str(status)),
+            self.http_duration.labels(method, route),
         )
         self._http[key] = children
         return children
@@ -334,16 +335,17 @@ def _authorized(request: Request, token: str) -> bool:
     summary="Prometheus metrics (text format)",
     response_class=Response,
     responses={
-        200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}},
+        200: {
+            "description": "Prometheus text exposition format",
+            "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+        },
         **errors.problem_responses(errors.Unauthorized, errors.InternalError),
     },
 )
 def metrics(request: Request) -> Response:
-    """Wants `Authorization: Bearer <METRICS_TOKEN>` when METRICS_TOKEN is set.
-
-    A plain `def`: FastAPI runs it in the thread pool, so reading the multiprocess files
-    and rendering never holds up the event loop.
-    """
+    """Not rate-limited, no API key; wants `Authorization: Bearer <METRICS_TOKEN>` when set."""
+    # A plain `def`: FastAPI runs it in the thread pool, so reading the multiprocess files
+    # and rendering never hold up the event loop.
     token = request.app.state.settings.metrics_token
     if token is not None and not _authorized(request, token.get_secret_value()):
         raise errors.Unauthorized(

@@ -385,3 +385,17 @@ def test_two_workers_without_a_directory_get_a_temporary_one(fake_plivo, tmp_pat
     (announced,) = [r for r in lines if r.get("event") == "metrics_multiprocess_dir"]
     assert announced["created"] is True
     assert not (tmp_path / announced["path"]).exists()  # an absolute path: removed
+
+
+async def test_label_values_stay_bounded(settings_factory, client_for, fake_plivo):
+    """Unknown methods are `other`, unknown paths `unmatched`: clients cannot mint series."""
+    async with client_for(settings_factory()) as client:
+        for i in range(3):
+            await client.request("BREW", f"/coffee/{i}")
+            await client.get(f"/nowhere/{i}")
+        samples = await scrape(client)
+    http = "mms_http_requests_total"
+    assert value(samples, http, method="other", route="unmatched", status="404") == 3
+    assert value(samples, http, method="GET", route="unmatched", status="404") == 3
+    routes = {dict(labels).get("route") for name, labels in samples if name == http}
+    assert routes == {"unmatched"}
