@@ -2,13 +2,23 @@
 
 Exits 0 after a graceful drain on SIGTERM: uvicorn re-raises the signal once its own
 shutdown is done, which would kill a single-worker process "by signal"; we catch that.
+
+With several workers, Prometheus metrics live in files in PROMETHEUS_MULTIPROC_DIR (see
+app/metrics.py). prometheus-client picks its multiprocess mode when it is imported, so the
+variable is set here, before the workers start; and the directory is emptied first, or
+the previous run's counts would be added to this one's. Plain `uvicorn --workers` does
+neither: its users must set and empty the directory themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import signal
 import sys
+import tempfile
+from pathlib import Path
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
@@ -16,6 +26,46 @@ from uvicorn.supervisors import Multiprocess
 from app.config import ConfigError, Settings, load_settings
 
 STARTUP_FAILED = 3
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # app.metrics is not imported here: see above
+
+
+def prepare_multiprocess_dir(workers: int) -> Path | None:
+    """Empty PROMETHEUS_MULTIPROC_DIR, or create and export one for several workers.
+
+    Returns the directory when we created it (ours to remove at exit). Only the `*.db`
+    files prometheus-client writes are deleted: a mistyped path must not cost anyone
+    their files.
+    """
+    configured = os.environ.get(MULTIPROC_ENV)
+    if configured:
+        path = Path(configured)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink(missing_ok=True)
+        return None
+    if workers <= 1:
+        return None  # one process: its own in-memory registry is the truth
+    created = Path(tempfile.mkdtemp(prefix="mms-gateway-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(created)  # inherited by the spawned workers
+    return created
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's supervisor, telling prometheus-client about workers that died.
+
+    A worker that exits normally does it in its lifespan; one that crashed cannot, and its
+    `live*` gauges (in-flight attempts, breaker state) would linger until the next start.
+    """
+
+    def keep_subprocess_alive(self) -> None:
+        before = {p.pid for p in self.processes}
+        super().keep_subprocess_alive()
+        gone = before - {p.pid for p in self.processes}
+        if gone:
+            from prometheus_client import multiprocess
+
+            for pid in gone:
+                multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def _uvicorn_config(settings: Settings) -> uvicorn.Config:
@@ -38,9 +88,19 @@ def _uvicorn_config(settings: Settings) -> uvicorn.Config:
 
 def serve(settings: Settings) -> int:
     config = _uvicorn_config(settings)
+    created = prepare_multiprocess_dir(settings.web_concurrency)
     if settings.web_concurrency > 1:
+        from app.logging import get_logger
+
+        get_logger("app.main").info(
+            "metrics_multiprocess_dir", path=os.environ[MULTIPROC_ENV], created=created is not None
+        )
         sock = config.bind_socket()
-        Multiprocess(config, sockets=[sock]).run()
+        try:
+            _Supervisor(config, sockets=[sock]).run()
+        finally:
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
         return 0
     server = uvicorn.Server(config)
     # uvicorn restores these after its shutdown and then re-raises the signal it caught:

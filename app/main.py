@@ -22,6 +22,8 @@ from app.callbacks.service import record_status
 from app.config import ConfigError, Settings, load_settings
 from app.docs import install_docs
 from app.logging import configure_logging, get_logger
+from app.metrics import Metrics, multiprocess_dir
+from app.metrics import router as metrics_router
 from app.middleware import RequestContextMiddleware
 from app.mms.router import router as mms_router
 from app.mms.schemas import SendRequest
@@ -70,7 +72,8 @@ def _drain_on_sigterm(app: FastAPI) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     app.state.draining = False
-    db = Database(settings.database_url)
+    metrics: Metrics = app.state.metrics
+    db = Database(settings.database_url, on_batch=metrics.store_batch)
     await db.start()  # migrations under a lock, then the group-commit writer
     app.state.db = db
     client = _plivo_client(settings)
@@ -83,9 +86,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         breaker=CircuitBreaker(
             threshold=settings.circuit_failure_threshold,
             reset_seconds=settings.circuit_reset_seconds,
+            on_change=metrics.circuit_changed,
         ),
+        on_attempt=metrics.plivo_attempt,
+        on_in_flight=metrics.set_plivo_in_flight,
     )
     reconciler = Reconciler(db, client, settings)
+    reconciler.on_lookup = metrics.reconcile_lookup
+    reconciler.on_backlog = metrics.set_reconcile_backlog
     app.state.reconciler = reconciler
     reconciler.start()
     stopping = asyncio.Event()
@@ -109,6 +117,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await retention
         await client.aclose()  # the sandbox lets its simulated deliveries finish
         await db.close()  # the writer commits what is queued
+        metrics.process_exiting()
         log.info("stopped")
 
 
@@ -153,12 +162,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.auth = Authenticator(settings.api_keys)
-    app.state.limit_store = LimitStore(settings.rate_limit_storage_url)
+    metrics = app.state.metrics = Metrics(multiprocess_dir())
+    app.state.limit_store = LimitStore(
+        settings.rate_limit_storage_url,
+        on_fallback=metrics.storage_fallback,
+        on_recovered=metrics.storage_recovered,
+    )
     app.state.limits = Limits(
         app.state.limit_store,
         per_ip=settings.rate_limit,
         per_destination=settings.rate_limit_per_destination,
         daily_quota=settings.daily_quota_per_key,
+        on_reject=metrics.rate_limit_rejected,
     )
     errors.install_error_handlers(app)
     app.add_exception_handler(StoreUnavailable, _on_store_unavailable)
@@ -167,11 +182,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(callbacks_router)
     app.include_router(mms_router)
     app.include_router(health.router)
+    app.include_router(metrics_router)
     if docs:
         install_docs(app)
     # Outermost last: request id and log line around everything, then the per-IP limit.
     app.add_middleware(ClientRateLimitMiddleware, limits=app.state.limits)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, observe=metrics.observe_request)
     app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
     return app
 

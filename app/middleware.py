@@ -19,8 +19,20 @@ MAX_BODY_BYTES = 64 * 1024
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 log = get_logger("app.access")
 
-# Called once per request: (method, route template, status, seconds).
-Observer = Callable[[str, str, int, float], None]
+# Called once per request: (scope, route template, status, seconds). The scope carries
+# the method, the path and the state (`code` of a refused send).
+Observer = Callable[[Scope, str, int, float], None]
+# In every request line, so an operator can tell the workers of one replica apart.
+# Refreshed in forked children (spawned workers import this module afresh anyway).
+_pid = os.getpid()
+
+
+def _refresh_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_refresh_pid)
 
 
 class BodyTooLarge(HTTPException):
@@ -100,7 +112,7 @@ class RequestContextMiddleware:
             duration = time.perf_counter() - started
             route = route_template(scope)
             if self.observe is not None:
-                self.observe(scope["method"], route, status, duration)
+                self.observe(scope, route, status, duration)
             log.info(
                 "request",
                 method=scope["method"],
@@ -111,6 +123,7 @@ class RequestContextMiddleware:
                 to=state.get("to"),
                 message_uuid=state.get("message_uuid"),
                 code=state.get("code"),
+                pid=_pid,
             )
             structlog.contextvars.reset_contextvars(**tokens)
 

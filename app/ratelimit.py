@@ -68,7 +68,13 @@ class LimitStore:
     `degraded` is True for /ready, and Redis is tried again every few seconds.
     """
 
-    def __init__(self, url: str, *, on_fallback: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        on_fallback: Callable[[], None] | None = None,
+        on_recovered: Callable[[], None] | None = None,
+    ) -> None:
         self.url = url
         self._memory: Storage = MemoryStorage()
         self._redis: Storage | None = None
@@ -91,7 +97,8 @@ class LimitStore:
         self._fixed: dict[Storage, FixedWindowRateLimiter] = {
             s: FixedWindowRateLimiter(s) for s in storages
         }
-        self._on_fallback = on_fallback
+        self._on_fallback = on_fallback  # metrics: each time Redis failed and memory counted
+        self._on_recovered = on_recovered  # metrics: Redis answered again
         self._redis_down_until = 0.0
         self.degraded = False
 
@@ -115,6 +122,8 @@ class LimitStore:
                 if self.degraded:
                     log.warning("rate_limit_storage_recovered")
                     self.degraded = False
+                    if self._on_recovered:
+                        self._on_recovered()
                 return result
         return await operation(self._memory)
 
@@ -161,12 +170,19 @@ class Limits:
     """The three limits of the send route."""
 
     def __init__(
-        self, store: LimitStore, *, per_ip: str, per_destination: str, daily_quota: int
+        self,
+        store: LimitStore,
+        *,
+        per_ip: str,
+        per_destination: str,
+        daily_quota: int,
+        on_reject: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self.per_ip = parse(per_ip)
         self.per_destination = parse(per_destination)
         self.daily_quota = daily_quota
+        self.on_reject = on_reject  # metrics: the scope refused, `ip`, `destination`, `quota`
 
     async def check_client(self, client: str) -> Verdict:
         return await self.store.moving_hit(self.per_ip, "ip", client)
@@ -179,6 +195,8 @@ class Limits:
         """
         verdict = await self.store.moving_hit(self.per_destination, "dst", destination)
         if not verdict.allowed:
+            if self.on_reject:
+                self.on_reject("destination")
             raise DestinationRateLimited(
                 "Too many messages to this number; retry later.",
                 headers={"Retry-After": str(verdict.retry_after)},
@@ -186,6 +204,8 @@ class Limits:
         if self.daily_quota:
             verdict = await self.store.daily_hit(self.daily_quota, "quota", caller)
             if not verdict.allowed:
+                if self.on_reject:
+                    self.on_reject("quota")
                 raise QuotaExceeded(
                     "This API key's daily quota is used up until midnight UTC.",
                     headers={"Retry-After": str(verdict.retry_after)},
@@ -211,6 +231,8 @@ class ClientRateLimitMiddleware:
         client = scope.get("client")
         verdict = await self.limits.check_client(client[0] if client else "unknown")
         if not verdict.allowed:
+            if self.limits.on_reject:
+                self.limits.on_reject("ip")
             error = RateLimited(
                 "Too many requests from this client; retry later.",
                 headers={k.decode(): v.decode() for k, v in verdict.headers()},

@@ -54,6 +54,7 @@ class Reconciler:
         self.lookups = 0
         self.backlog = 0
         self.on_lookup: Any = None  # metrics hook: on_lookup(result: str)
+        self.on_backlog: Any = None  # metrics hook: on_backlog(backlog: int)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="reconciler")
@@ -68,6 +69,8 @@ class Reconciler:
             try:
                 claimed = await self.db.write(FunctionOp(self._claim))
                 self.backlog = await self._count_due()
+                if self.on_backlog:
+                    self.on_backlog(self.backlog)
             except Exception as exc:  # the store is down: /ready says so; try again later
                 log.error("reconcile_claim_failed", error=type(exc).__name__)
                 claimed = []

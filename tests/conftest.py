@@ -91,8 +91,24 @@ def asgi_client(app: Any, client_ip: str = "127.0.0.1") -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=transport, base_url="http://testserver")
 
 
+def _state_per_request(app: Any) -> Any:
+    """Give each request its own copy of the lifespan state, as ASGI servers do.
+
+    asgi-lifespan hands every request the *same* state dict, so what one request left in
+    `scope["state"]` (an error `code`, a `to`) would leak into the next one's log line
+    and metrics; uvicorn copies it per request (the ASGI spec says "a copy").
+    """
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and "state" in scope:
+            scope = {**scope, "state": dict(scope["state"])}
+        await app(scope, receive, send)
+
+    return wrapped
+
+
 async def _running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    manager = LifespanManager(app, startup_timeout=30, shutdown_timeout=30)
+    manager = LifespanManager(_state_per_request(app), startup_timeout=30, shutdown_timeout=30)
     async with manager, asgi_client(manager.app) as c:
         c.app_running = manager.app  # type: ignore[attr-defined]  # for more clients
         c.fastapi_app = app  # type: ignore[attr-defined]  # for app.state

@@ -94,10 +94,15 @@ async def status_callback(request: Request, db: DatabaseDep, settings: SettingsD
         auth_token=settings.auth_token,
     )
     request.scope["state"]["signature"] = scheme
-    if nonce is None:
-        raise errors.InvalidSignature("The callback is not signed by Plivo with our token.")
+    metrics = request.app.state.metrics
     uuid, status = params.get("MessageUUID"), params.get("Status")
-    if not isinstance(uuid, str) or not uuid or not isinstance(status, str) or not status:
+    if not isinstance(status, str) or not status:
+        status = None
+    if nonce is None:
+        metrics.callback(status, scheme)  # the status of an unsigned body: a hint only
+        raise errors.InvalidSignature("The callback is not signed by Plivo with our token.")
+    if not isinstance(uuid, str) or not uuid or status is None:
+        metrics.callback(None, scheme)
         raise RequestValidationError(
             [
                 {
@@ -126,5 +131,6 @@ async def status_callback(request: Request, db: DatabaseDep, settings: SettingsD
             None,
         ),
     )
+    metrics.callback(status, scheme if fresh else "replayed")
     request.scope["state"]["message_uuid"] = uuid
     return Response(_OK if fresh else _REPLAY, media_type="application/json")

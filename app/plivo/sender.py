@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+from collections.abc import Callable
 from typing import Literal
 
 from app.errors import (
@@ -106,6 +107,21 @@ def map_plivo_error(exc: PlivoError) -> AppError:
     return _with_outcome(UpstreamError(str(exc)), "unknown")
 
 
+def attempt_outcome(exc: PlivoError) -> str:
+    """The `outcome` label of a failed attempt (bounded: Plivo's status is 100-599)."""
+    if isinstance(exc, PlivoHTTPError):
+        return f"http_{exc.status}" if 100 <= exc.status <= 599 else "http_other"
+    if isinstance(exc, PlivoUnreachable):
+        return "unreachable"
+    if isinstance(exc, PlivoDropped):
+        return "dropped"
+    if isinstance(exc, PlivoTimeout):
+        return "timeout"
+    if isinstance(exc, PlivoBadResponse):
+        return "bad_response"
+    return "error"
+
+
 def _is_retryable(exc: PlivoError) -> bool:
     if isinstance(exc, PlivoUnreachable):
         return True
@@ -131,6 +147,8 @@ class Sender:
         timeout_seconds: float,
         max_concurrency: int,
         breaker: CircuitBreaker,
+        on_attempt: Callable[[str, float], None] | None = None,
+        on_in_flight: Callable[[int], None] | None = None,
     ) -> None:
         self.client = client
         self.timeout_seconds = timeout_seconds
@@ -138,6 +156,8 @@ class Sender:
         self.breaker = breaker
         self._slots = asyncio.Semaphore(max_concurrency)
         self.in_flight = 0
+        self._on_attempt = on_attempt  # metrics: (outcome, seconds) once per attempt
+        self._on_in_flight = on_in_flight  # metrics: the new in_flight value
 
     def check_breaker(self) -> None:
         """Fail fast, before any limit is counted, while the breaker is open."""
@@ -178,12 +198,16 @@ class Sender:
             attempt += 1
             remaining = deadline - loop.time()
             self.in_flight += 1
+            if self._on_in_flight:
+                self._on_in_flight(self.in_flight)
             started = loop.time()
+            outcome: str | None = None  # stays None if cancelled: no outcome to count
             try:
                 if remaining <= 0:
                     raise PlivoTimeout("deadline reached before the attempt")
                 accepted = await self.client.send_mms(mms, timeout=remaining)
             except PlivoError as exc:
+                outcome = attempt_outcome(exc)
                 log.debug(
                     "plivo_attempt",
                     attempt=attempt,
@@ -197,6 +221,7 @@ class Sender:
                     raise map_plivo_error(exc) from None
                 log.info("plivo_retry", attempt=attempt, delay_s=round(delay, 3), error=str(exc))
             else:
+                outcome = "accepted"
                 log.debug(
                     "plivo_attempt",
                     attempt=attempt,
@@ -208,6 +233,10 @@ class Sender:
                 return accepted
             finally:
                 self.in_flight -= 1
+                if self._on_in_flight:
+                    self._on_in_flight(self.in_flight)
+                if self._on_attempt and outcome is not None:
+                    self._on_attempt(outcome, loop.time() - started)
             await asyncio.sleep(delay)
 
     @staticmethod

@@ -1,0 +1,356 @@
+"""Prometheus metrics: one `Metrics` per app instance, each with its own registry.
+
+Own registry, not prometheus-client's global one, so tests can build many apps in one
+process. With several workers (`PROMETHEUS_MULTIPROC_DIR` set before the process starts),
+prometheus-client writes every value to per-process files in that directory, and a scrape —
+answered by whichever worker the socket hands it to — merges all of them
+(`MultiProcessCollector`), so totals add up across workers.
+
+Hot path: label children are bound once (at start, or on first use for label sets that
+vary) and kept in plain dicts, so a request costs a dict lookup and a few locked adds.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from typing import Any
+
+from fastapi import APIRouter, Request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from starlette.responses import Response
+from starlette.types import Scope
+
+from app import errors
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+SEND_PATH = "/api/mms/send"
+
+# Seconds. The send deadline is PLIVO_TIMEOUT_SECONDS (10 s by default), hence 15 and 30.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500)  # GroupCommitWriter's MAX_BATCH is 500
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+# Label values that come from clients or from Plivo are mapped onto fixed sets, so no
+# one can create series at will (each series costs memory here and in Prometheus).
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_CALLBACK_STATUSES = frozenset(
+    {"unknown", "queued", "sent", "delivered", "undelivered", "failed", "rejected", "not_sent"}
+)
+# Send codes that have no `code` in the request state yet (raised before the send router's
+# own error handling: validation, auth, the body limit).
+_CODE_BY_STATUS = {
+    200: "ok",
+    401: "unauthorized",
+    413: "payload_too_large",
+    422: "validation_error",
+}
+SEND_CODES = (
+    "ok",
+    "validation_error",
+    "payload_too_large",
+    "unauthorized",
+    "rate_limited",
+    "destination_rate_limited",
+    "quota_exceeded",
+    "idempotency_key_reused",
+    "idempotency_in_progress",
+    "plivo_rejected",
+    "upstream_auth_failed",
+    "upstream_error",
+    "upstream_rate_limited",
+    "upstream_unavailable",
+    "upstream_timeout",
+    "service_unavailable",
+    "internal_error",
+)
+PLIVO_OUTCOMES = ("accepted", "unreachable", "dropped", "timeout", "bad_response")
+CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+class Metrics:
+    def __init__(self, multiproc_dir: str | None = None) -> None:
+        self.multiproc_dir = multiproc_dir
+        self.registry = CollectorRegistry()
+        if multiproc_dir is None:
+            # Process and GC metrics of this one process. In multiprocess mode they are left
+            # out: MultiProcessCollector cannot merge them, and a scrape would show whichever
+            # worker answered it.
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+        r = self.registry
+
+        self.http_requests = Counter(
+            "mms_http_requests",
+            "HTTP requests by method, route template and status",
+            ("method", "route", "status"),
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "mms_http_request_duration_seconds",
+            "HTTP request duration by method and route template",
+            ("method", "route"),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.sends = Counter(
+            "mms_sends", "POST /api/mms/send requests by outcome code", ("code",), registry=r
+        )
+        self.plivo_requests = Counter(
+            "mms_plivo_requests", "Attempts toward Plivo by outcome", ("outcome",), registry=r
+        )
+        self.plivo_duration = Histogram(
+            "mms_plivo_request_duration_seconds",
+            "Duration of attempts toward Plivo by outcome",
+            ("outcome",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        # Multiprocess modes (ignored with one process) say how the workers' values combine.
+        # `live*` modes drop a worker's value once it is marked dead (app/__main__.py and
+        # the lifespan do that), so a crashed worker's last value does not linger.
+        # In flight: each worker counts its own attempts, the total is their sum.
+        self.plivo_in_flight = Gauge(
+            "mms_plivo_in_flight",
+            "Attempts toward Plivo in flight",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.rate_limit_rejections = Counter(
+            "mms_rate_limit_rejections",
+            "Sends refused by a limit: ip, destination or quota",
+            ("scope",),
+            registry=r,
+        )
+        self.storage_fallbacks = Counter(
+            "mms_rate_limit_storage_fallbacks",
+            "Limit checks that found Redis failing and counted in process memory",
+            registry=r,
+        )
+        # Degraded: 1 when any live worker counts alone (max, not sum: it is a flag).
+        self.storage_degraded = Gauge(
+            "mms_rate_limit_storage_degraded",
+            "1 while the limits count in process memory because Redis is failing",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.callbacks = Counter(
+            "mms_callbacks",
+            "Plivo status callbacks by status and signature (v3, v2, invalid, missing, replayed)",
+            ("status", "signature"),
+            registry=r,
+        )
+        # Backlog: every worker counts the same shared table, so summing would multiply it
+        # by the number of workers; the largest recent count is the backlog.
+        self.reconcile_backlog = Gauge(
+            "mms_reconcile_backlog",
+            "Messages due for a reconciliation lookup",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.reconcile_lookups = Counter(
+            "mms_reconcile_lookups",
+            "Reconciliation lookups at Plivo by result (found, not_found, error)",
+            ("result",),
+            registry=r,
+        )
+        self.store_batch_size = Histogram(
+            "mms_store_batch_size",
+            "Writes committed together by the group-commit writer",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.store_commit_seconds = Histogram(
+            "mms_store_commit_seconds",
+            "Duration of one group commit",
+            buckets=COMMIT_BUCKETS,
+            registry=r,
+        )
+        # The breaker is per process: show the worst live worker's state (2 = open), so
+        # `mms_circuit_state == 2` fires when any worker refuses sends. `liveall` would add
+        # a `pid` label whose series churn with every restart; the per-worker detail is in
+        # the `circuit_state` log events.
+        self.circuit_state = Gauge(
+            "mms_circuit_state",
+            "Circuit breaker toward Plivo: 0 closed, 1 half_open, 2 open",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.circuit_opens = Counter(
+            "mms_circuit_opens", "Times the circuit breaker opened", registry=r
+        )
+
+        # Pre-bound children; every label set below exists from the start (at 0), so
+        # rate() and absent-series checks work before the first event.
+        self._sends = {code: self.sends.labels(code) for code in SEND_CODES}
+        self._plivo: dict[str, tuple[Any, Any]] = {}
+        for outcome in PLIVO_OUTCOMES:
+            self._plivo_children(outcome)
+        self._rejections = {
+            scope: self.rate_limit_rejections.labels(scope)
+            for scope in ("ip", "destination", "quota")
+        }
+        self._lookups = {
+            result: self.reconcile_lookups.labels(result)
+            for result in ("found", "not_found", "error")
+        }
+        self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._callbacks: dict[tuple[str, str], Any] = {}
+        self.circuit_opens.inc(0)
+        self.storage_fallbacks.inc(0)
+        self.circuit_state.set(0)
+        self.storage_degraded.set(0)
+
+    # Requests (the middleware's observer) -----------------------------------------------
+    def observe_request(self, scope: Scope, route: str, status: int, seconds: float) -> None:
+        method = scope["method"]
+        if method not in _METHODS:  # before the cache: its keys must be bounded too
+            method = "other"
+        key = (method, route, status)
+        children = self._http.get(key)
+        if children is None:
+            children = self._http_children(key)
+        children[0].inc()
+        children[1].observe(seconds)
+        # By path, not route: a body over the limit is refused before routing (413), and
+        # the per-IP limiter refuses before routing too; both are still sends refused.
+        if method == "POST" and scope["path"] == SEND_PATH:
+            code = scope["state"].get("code") or _CODE_BY_STATUS.get(status)
+            if code is None:
+                code = "internal_error" if status >= 500 else f"http_{status}"
+            child = self._sends.get(code)
+            if child is None:
+                child = self._sends[code] = self.sends.labels(code)
+            child.inc()
+
+    def _http_children(self, key: tuple[str, str, int]) -> tuple[Any, Any]:
+        method, route, status = key
+        children = (
+            self.http_requests.labels(method, route, str(status)),
+            self.http_duration.labels(method, route),
+        )
+        self._http[key] = children
+        return children
+
+    # Plivo (Sender hooks) -------------------------------------------------------------
+    def plivo_attempt(self, outcome: str, seconds: float) -> None:
+        children = self._plivo.get(outcome)
+        if children is None:
+            children = self._plivo_children(outcome)
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def _plivo_children(self, outcome: str) -> tuple[Any, Any]:
+        children = (self.plivo_requests.labels(outcome), self.plivo_duration.labels(outcome))
+        self._plivo[outcome] = children
+        return children
+
+    def set_plivo_in_flight(self, value: int) -> None:
+        self.plivo_in_flight.set(value)
+
+    def circuit_changed(self, state: str) -> None:
+        self.circuit_state.set(CIRCUIT_VALUES[state])
+        if state == "open":
+            self.circuit_opens.inc()
+
+    # Limits --------------------------------------------------------------------------
+    def rate_limit_rejected(self, scope: str) -> None:
+        self._rejections[scope].inc()
+
+    def storage_fallback(self) -> None:
+        self.storage_fallbacks.inc()
+        self.storage_degraded.set(1)
+
+    def storage_recovered(self) -> None:
+        self.storage_degraded.set(0)
+
+    # Callbacks, reconciliation, store ---------------------------------------------------
+    def callback(self, status: str | None, signature: str) -> None:
+        if status is None:
+            label = "none"
+        else:
+            label = status.strip().lower()
+            if label not in _CALLBACK_STATUSES:
+                label = "other"
+        key = (label, signature)
+        child = self._callbacks.get(key)
+        if child is None:
+            child = self._callbacks[key] = self.callbacks.labels(label, signature)
+        child.inc()
+
+    def reconcile_lookup(self, result: str) -> None:
+        self._lookups[result].inc()
+
+    def set_reconcile_backlog(self, value: int) -> None:
+        self.reconcile_backlog.set(value)
+
+    def store_batch(self, size: int, seconds: float) -> None:
+        self.store_batch_size.observe(size)
+        self.store_commit_seconds.observe(seconds)
+
+    # Exposition ------------------------------------------------------------------------
+    def render(self) -> bytes:
+        if self.multiproc_dir is None:
+            return generate_latest(self.registry)
+        # A fresh registry per scrape, as prometheus-client's multiprocess docs say: the
+        # collector reads every worker's files each time.
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.multiproc_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+    def process_exiting(self) -> None:
+        """Drop this worker's `live*` gauge values (its in-flight count, breaker state...)."""
+        if self.multiproc_dir is not None:
+            multiprocess.mark_process_dead(os.getpid(), self.multiproc_dir)  # type: ignore[no-untyped-call]
+
+
+router = APIRouter(tags=["operations"])
+
+
+def _authorized(request: Request, token: str) -> bool:
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(credentials.strip().encode(), token.encode())
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (text format)",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text exposition format",
+            "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+        },
+        **errors.problem_responses(errors.Unauthorized, errors.InternalError),
+    },
+)
+def metrics(request: Request) -> Response:
+    """Not rate-limited, no API key; wants `Authorization: Bearer <METRICS_TOKEN>` when set."""
+    # A plain `def`: FastAPI runs it in the thread pool, so reading the multiprocess files
+    # and rendering never hold up the event loop.
+    token = request.app.state.settings.metrics_token
+    if token is not None and not _authorized(request, token.get_secret_value()):
+        raise errors.Unauthorized(
+            "A valid METRICS_TOKEN is required as a Bearer token.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    body = request.app.state.metrics.render()
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
