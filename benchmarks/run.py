@@ -93,8 +93,11 @@ def start_service(env: dict[str, str], log: Path, *, variant_off: str = "") -> s
         full["BENCH_FEATURES_OFF"] = variant_off
         command = [PYTHON, str(HERE / "variant.py")]
     return subprocess.Popen(
-        ["taskset", "-c", "0", *command], cwd=ROOT, env=full,
-        stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        ["taskset", "-c", "0", *command],
+        cwd=ROOT,
+        env=full,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -116,22 +119,38 @@ def fresh_sqlite(workdir: Path, name: str) -> str:
 
 
 # 1 + 2: side by side with the peer ---------------------------------------------------------
-def compare(peer: Path, workdir: Path, latency: int, connections: int, rounds: int,
-            duration: int) -> dict[str, Any]:
+def compare(
+    peer: Path, workdir: Path, latency: int, connections: int, rounds: int, duration: int
+) -> dict[str, Any]:
     env = {**SERVICE_ENV, "DATABASE_URL": fresh_sqlite(workdir, f"compare{latency}")}
     env_args = " ".join(f"{k}={v}" for k, v in env.items())
     command = [
-        str(peer / "compare.sh"), "--latency-ms", str(latency), "--connections", str(connections),
-        "--duration", str(duration), "--rounds", str(rounds), "--label-b", "mms-gateway",
-        "--b-health", f"http://127.0.0.1:{PORT}/health",
-        f"exec env {env_args} {PYTHON} -m app", f"http://127.0.0.1:{PORT}/api/mms/send",
+        str(peer / "compare.sh"),
+        "--latency-ms",
+        str(latency),
+        "--connections",
+        str(connections),
+        "--duration",
+        str(duration),
+        "--rounds",
+        str(rounds),
+        "--label-b",
+        "mms-gateway",
+        "--b-health",
+        f"http://127.0.0.1:{PORT}/health",
+        f"exec env {env_args} {PYTHON} -m app",
+        f"http://127.0.0.1:{PORT}/api/mms/send",
     ]
     summary: dict[str, Any] = {}
-    run_env = {**os.environ, "LOAD_AUTHORIZATION": f"Bearer {API_KEY}",
-               "B_RATE_LIMIT": SERVICE_ENV["RATE_LIMIT"],
-               "B_RATE_LIMIT_PER_DESTINATION": SERVICE_ENV["RATE_LIMIT_PER_DESTINATION"]}
-    with subprocess.Popen(command, cwd=ROOT, env=run_env, stdout=subprocess.PIPE,
-                          text=True) as proc:
+    run_env = {
+        **os.environ,
+        "LOAD_AUTHORIZATION": f"Bearer {API_KEY}",
+        "B_RATE_LIMIT": SERVICE_ENV["RATE_LIMIT"],
+        "B_RATE_LIMIT_PER_DESTINATION": SERVICE_ENV["RATE_LIMIT_PER_DESTINATION"],
+    }
+    with subprocess.Popen(
+        command, cwd=ROOT, env=run_env, stdout=subprocess.PIPE, text=True
+    ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             if line.startswith("SUMMARY_JSON "):
@@ -181,16 +200,35 @@ def _seed_messages(url: str, count: int) -> list[str]:
         db = Database(url)
         await db.start()
         now = now_ms()
-        await asyncio.gather(*(
-            db.write(RecordMessage({
-                "id": os.urandom(16).hex(), "caller": "bench", "message_uuid": u,
-                "api_id": None, "to_number": "+14155550100", "from_number": "+14155550000",
-                "media_count": 1, "text": None, "status": "queued", "status_rank": 1,
-                "error_code": None, "idempotency_key": None, "request_id": None,
-                "created_at": now, "updated_at": now, "next_check_at": now + 86_400_000,
-                "checks": 0, "claimed_until": None,
-            })) for u in uuids
-        ))
+        await asyncio.gather(
+            *(
+                db.write(
+                    RecordMessage(
+                        {
+                            "id": os.urandom(16).hex(),
+                            "caller": "bench",
+                            "message_uuid": u,
+                            "api_id": None,
+                            "to_number": "+14155550100",
+                            "from_number": "+14155550000",
+                            "media_count": 1,
+                            "text": None,
+                            "status": "queued",
+                            "status_rank": 1,
+                            "error_code": None,
+                            "idempotency_key": None,
+                            "request_id": None,
+                            "created_at": now,
+                            "updated_at": now,
+                            "next_check_at": now + 86_400_000,
+                            "checks": 0,
+                            "claimed_until": None,
+                        }
+                    )
+                )
+                for u in uuids
+            )
+        )
         await db.close()
 
     asyncio.run(seed())
@@ -209,9 +247,14 @@ def callbacks(workdir: Path, store: str, duration: int) -> dict[str, Any]:
         uuids = _seed_messages(url, 5000)
         requests_file = workdir / "callbacks.tsv"
         _signed_callbacks(requests_file, uuids, 120_000)
-        env = {**SERVICE_ENV, "DATABASE_URL": url, "PLIVO_AUTH_ID": AUTH_ID,
-               "PLIVO_AUTH_TOKEN": AUTH_TOKEN, "PLIVO_SENDER_NUMBER": "+14155550000",
-               "PLIVO_API_URL": f"http://127.0.0.1:{FAKE_PORT}/v1"}
+        env = {
+            **SERVICE_ENV,
+            "DATABASE_URL": url,
+            "PLIVO_AUTH_ID": AUTH_ID,
+            "PLIVO_AUTH_TOKEN": AUTH_TOKEN,
+            "PLIVO_SENDER_NUMBER": "+14155550000",
+            "PLIVO_API_URL": f"http://127.0.0.1:{FAKE_PORT}/v1",
+        }
         proc = start_service(env, workdir / f"callbacks-{store}.log")
         try:
             wait_http(f"http://127.0.0.1:{PORT}/health")
@@ -227,22 +270,41 @@ def callbacks(workdir: Path, store: str, duration: int) -> dict[str, Any]:
         return result
     finally:
         if role:
-            _psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename='{role}';"
-                  f"DROP SCHEMA {role} CASCADE; DROP ROLE {role};")
+            _psql(
+                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename='{role}';"
+                f"DROP SCHEMA {role} CASCADE; DROP ROLE {role};"
+            )
 
 
 def _psql(sql: str) -> None:
-    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qAtc", sql],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qAtc", sql],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 def _wrk_callbacks(requests_file: Path, duration: int, connections: int) -> dict[str, Any]:
     out = subprocess.run(
-        ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s",
-         "--timeout", "5s", "-s", str(HERE / "callbacks.lua"),
-         f"http://127.0.0.1:{PORT}/api/mms/status"],
+        [
+            "taskset",
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--timeout",
+            "5s",
+            "-s",
+            str(HERE / "callbacks.lua"),
+            f"http://127.0.0.1:{PORT}/api/mms/status",
+        ],
         env={**os.environ, "CALLBACKS_FILE": str(requests_file)},
-        capture_output=True, text=True, timeout=duration + 60,
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
     ).stdout
     line = next(x for x in out.splitlines() if x.startswith("WRK_JSON "))
     raw = json.loads(line.removeprefix("WRK_JSON "))
@@ -288,26 +350,45 @@ FEATURES = [
     ("request log line off", {"LOG_LEVEL": "warning"}, ""),
     ("metrics off", {}, "metrics"),
     ("record off", {}, "record"),
-    ("everything above off", {"API_KEYS": "", "DAILY_QUOTA_PER_KEY": "0",
-                              "LOG_LEVEL": "warning"},
-     "ip_limit,destination_limit,metrics,record"),
+    (
+        "everything above off",
+        {"API_KEYS": "", "DAILY_QUOTA_PER_KEY": "0", "LOG_LEVEL": "warning"},
+        "ip_limit,destination_limit,metrics,record",
+    ),
 ]
 
 
 def features(peer: Path, workdir: Path, duration: int) -> list[dict[str, Any]]:
     fake = subprocess.Popen(
-        ["taskset", "-c", "1", str(peer / ".venv/bin/python"), str(peer / "fake_plivo.py"),
-         "--port", str(FAKE_PORT), "--auth-id", AUTH_ID, "--auth-token", AUTH_TOKEN],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "taskset",
+            "-c",
+            "1",
+            str(peer / ".venv/bin/python"),
+            str(peer / "fake_plivo.py"),
+            "--port",
+            str(FAKE_PORT),
+            "--auth-id",
+            AUTH_ID,
+            "--auth-token",
+            AUTH_TOKEN,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     rows = []
     try:
         wait_http(f"http://127.0.0.1:{FAKE_PORT}/_stats")
         for label, config, switches in FEATURES:
-            env = {**SERVICE_ENV, **config, "DATABASE_URL": fresh_sqlite(workdir, "features"),
-                   "PLIVO_AUTH_ID": AUTH_ID, "PLIVO_AUTH_TOKEN": AUTH_TOKEN,
-                   "PLIVO_SENDER_NUMBER": "+14155550000",
-                   "PLIVO_API_URL": f"http://127.0.0.1:{FAKE_PORT}/v1"}
+            env = {
+                **SERVICE_ENV,
+                **config,
+                "DATABASE_URL": fresh_sqlite(workdir, "features"),
+                "PLIVO_AUTH_ID": AUTH_ID,
+                "PLIVO_AUTH_TOKEN": AUTH_TOKEN,
+                "PLIVO_SENDER_NUMBER": "+14155550000",
+                "PLIVO_API_URL": f"http://127.0.0.1:{FAKE_PORT}/v1",
+            }
             proc = start_service(env, workdir / "features.log", variant_off=switches)
             try:
                 wait_http(f"http://127.0.0.1:{PORT}/health")
@@ -320,13 +401,20 @@ def features(peer: Path, workdir: Path, duration: int) -> list[dict[str, Any]]:
                 cpu = cpu_seconds(proc.pid) - cpu
             finally:
                 stop(proc)
-            rows.append({
-                "variant": label, "rps": result["rps"], "p99_ms": result["p99_ms"],
-                "non2xx": result["non2xx"],
-                "cpu_us_per_send": round(cpu * 1e6 / max(1, result["requests"]), 1),
-            })
-            print(f"    {label:28s} {rows[-1]['cpu_us_per_send']:7.1f} µs CPU/send "
-                  f"{result['rps']:8.1f} req/s", flush=True)
+            rows.append(
+                {
+                    "variant": label,
+                    "rps": result["rps"],
+                    "p99_ms": result["p99_ms"],
+                    "non2xx": result["non2xx"],
+                    "cpu_us_per_send": round(cpu * 1e6 / max(1, result["requests"]), 1),
+                }
+            )
+            print(
+                f"    {label:28s} {rows[-1]['cpu_us_per_send']:7.1f} µs CPU/send "
+                f"{result['rps']:8.1f} req/s",
+                flush=True,
+            )
     finally:
         stop(fake)
     base = rows[0]["cpu_us_per_send"]
@@ -338,47 +426,73 @@ def features(peer: Path, workdir: Path, duration: int) -> list[dict[str, Any]]:
 def _load(peer: Path, env: dict[str, str], duration: int) -> dict[str, Any]:
     out = subprocess.run(
         [str(peer / "load.sh"), f"http://127.0.0.1:{PORT}/api/mms/send", "50", str(duration)],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=duration + 60,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 # Report -----------------------------------------------------------------------------------
 def report(results: dict[str, Any]) -> str:
-    lines = [f"Measured {results['when']} on this machine ({os.cpu_count()} cores), "
-             f"{results['rounds']} interleaved rounds of {results['duration']} s per side.", ""]
+    lines = [
+        f"Measured {results['when']} on this machine ({os.cpu_count()} cores), "
+        f"{results['rounds']} interleaved rounds of {results['duration']} s per side.",
+        "",
+    ]
     lines += ["| scenario | peer (Node) | mms-gateway | ratio | target |", "|---|---|---|---|---|"]
-    for key, name, rps_target in (("overhead", "1. upstream 0 ms, 50 conn", "≥ 1.0×, p99 ≤ peer"),
-                                  ("concurrency", "2. upstream 100 ms, 200 conn",
-                                   "≥ peer, p99 ≤ peer")):
+    for key, name, rps_target in (
+        ("overhead", "1. upstream 0 ms, 50 conn", "≥ 1.0×, p99 ≤ peer"),
+        ("concurrency", "2. upstream 100 ms, 200 conn", "≥ peer, p99 ≤ peer"),
+    ):
         s = results.get(key)
         if not s:
             continue
         a, b, r = s["A"], s["B"], s["ratio_B_over_A"]
-        lines.append(f"| {name}: req/s | {a['median_rps']:.0f} | {b['median_rps']:.0f} | "
-                     f"{r['rps']}× | {rps_target} |")
-        lines.append(f"| {name}: p99 | {a['median_p99_ms']:.1f} ms | {b['median_p99_ms']:.1f} ms"
-                     f" | {r['p99']}× | |")
-        lines.append(f"| {name}: CPU per request | {a['median_svc_cpu_ms_per_req']} ms | "
-                     f"{b['median_svc_cpu_ms_per_req']} ms | {r['cpu_per_req']}× | |")
+        lines.append(
+            f"| {name}: req/s | {a['median_rps']:.0f} | {b['median_rps']:.0f} | "
+            f"{r['rps']}× | {rps_target} |"
+        )
+        lines.append(
+            f"| {name}: p99 | {a['median_p99_ms']:.1f} ms | {b['median_p99_ms']:.1f} ms"
+            f" | {r['p99']}× | |"
+        )
+        lines.append(
+            f"| {name}: CPU per request | {a['median_svc_cpu_ms_per_req']} ms | "
+            f"{b['median_svc_cpu_ms_per_req']} ms | {r['cpu_per_req']}× | |"
+        )
         if key == "concurrency":
-            lines.append(f"| RSS after scenario 2 | {a['rss_after_load']['vmrss_kb'] / 1024:.0f}"
-                         f" MiB | {b['rss_after_load']['tree_rss_kb'] / 1024:.0f} MiB | "
-                         f"{r['rss']}× | ≤ peer |")
+            lines.append(
+                f"| RSS after scenario 2 | {a['rss_after_load']['vmrss_kb'] / 1024:.0f}"
+                f" MiB | {b['rss_after_load']['tree_rss_kb'] / 1024:.0f} MiB | "
+                f"{r['rss']}× | ≤ peer |"
+            )
     for c in results.get("callbacks", []):
-        lines.append(f"| 3. callbacks into {c['store']} | — | {c['rps']:.0f}/s (p99 {c['p99_ms']}"
-                     f" ms, {c['non2xx']} non-2xx) | | ≥ 2,000/s on SQLite |")
+        lines.append(
+            f"| 3. callbacks into {c['store']} | — | {c['rps']:.0f}/s (p99 {c['p99_ms']}"
+            f" ms, {c['non2xx']} non-2xx) | | ≥ 2,000/s on SQLite |"
+        )
     if "coldstart" in results:
         cs = results["coldstart"]
-        lines.append(f"| 4. cold start to first /health 200 | — | {cs['restart']} s (restart), "
-                     f"{cs['first_start']} s (empty database) | | ≤ 1.5 s |")
+        lines.append(
+            f"| 4. cold start to first /health 200 | — | {cs['restart']} s (restart), "
+            f"{cs['first_start']} s (empty database) | | ≤ 1.5 s |"
+        )
     if results.get("features"):
-        lines += ["", "Per-feature CPU (this service alone, upstream 0 ms, 50 connections, one "
-                  "core; each row switches one feature off):", "",
-                  "| variant | CPU per send | saves | req/s |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "Per-feature CPU (this service alone, upstream 0 ms, 50 connections, one "
+            "core; each row switches one feature off):",
+            "",
+            "| variant | CPU per send | saves | req/s |",
+            "|---|---|---|---|",
+        ]
         for row in results["features"]:
-            lines.append(f"| {row['variant']} | {row['cpu_us_per_send']} µs | "
-                         f"{row['saves_us']} µs | {row['rps']:.0f} |")
+            lines.append(
+                f"| {row['variant']} | {row['cpu_us_per_send']} µs | "
+                f"{row['saves_us']} µs | {row['rps']:.0f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -388,12 +502,19 @@ def chart(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scenarios = [(k, n) for k, n in (("overhead", "upstream 0 ms\n50 conn"),
-                                     ("concurrency", "upstream 100 ms\n200 conn"))
-                 if results.get(k)]
+    scenarios = [
+        (k, n)
+        for k, n in (
+            ("overhead", "upstream 0 ms\n50 conn"),
+            ("concurrency", "upstream 100 ms\n200 conn"),
+        )
+        if results.get(k)
+    ]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric, title in ((axes[0], "median_rps", "throughput (req/s)"),
-                              (axes[1], "median_p99_ms", "p99 latency (ms)")):
+    for ax, metric, title in (
+        (axes[0], "median_rps", "throughput (req/s)"),
+        (axes[1], "median_p99_ms", "p99 latency (ms)"),
+    ):
         x = range(len(scenarios))
         peer = [results[k]["A"][metric] for k, _ in scenarios]
         ours = [results[k]["B"][metric] for k, _ in scenarios]
@@ -418,8 +539,11 @@ def main() -> None:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     peer = prepare_peer(workdir)
-    results: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M"), "rounds": args.rounds,
-                               "duration": args.duration}
+    results: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "rounds": args.rounds,
+        "duration": args.duration,
+    }
     if "overhead" in chosen:
         print("== 1. overhead: upstream 0 ms, 50 connections", flush=True)
         results["overhead"] = compare(peer, workdir, 0, 50, args.rounds, args.duration)
@@ -428,7 +552,9 @@ def main() -> None:
         results["concurrency"] = compare(peer, workdir, 100, 200, args.rounds, args.duration)
     if "callbacks" in chosen:
         print("== 3. callback ingest", flush=True)
-        results["callbacks"] = [callbacks(workdir, s, args.duration) for s in ("sqlite", "postgres")]
+        results["callbacks"] = [
+            callbacks(workdir, s, args.duration) for s in ("sqlite", "postgres")
+        ]
     if "coldstart" in chosen:
         print("== 4. cold start", flush=True)
         results["coldstart"] = cold_start(workdir)

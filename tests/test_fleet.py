@@ -132,7 +132,11 @@ def test_nginx_passes_request_id_and_lets_the_app_answer_413(fleet):
         assert response.headers["X-Request-ID"] == "abc-123"
         generated = http.get("/health").headers["X-Request-ID"]
         assert re.fullmatch(r"[0-9a-f]{32}", generated)  # nginx's $request_id...
-        assert f"rid={generated}" in fleet.nginx.logs()  # ...the id in nginx's access line
+        # ...and the id in nginx's access line (written just after the response: poll)
+        deadline = time.monotonic() + 10
+        while f"rid={generated}" not in fleet.nginx.logs() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert f"rid={generated}" in fleet.nginx.logs()
 
         big = http.post(
             "/api/mms/send",
