@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from app.auth import Authenticator
 from app.callbacks.router import router as callbacks_router
 from app.callbacks.service import record_status
 from app.config import ConfigError, Settings, load_settings
+from app.deps import Services
 from app.docs import install_docs
 from app.logging import configure_logging, get_logger
 from app.metrics import Metrics, multiprocess_dir
@@ -48,6 +50,23 @@ def _plivo_client(settings: Settings) -> PlivoClient:
         auth_token=settings.auth_token,
         max_connections=settings.plivo_max_concurrency,
     )
+
+
+GC_THRESHOLDS = (20_000, 50, 50)  # Python's default is (700, 10, 10)
+
+
+def tune_gc() -> None:
+    """Fewer, cheaper garbage collections on the hot path.
+
+    A send allocates thousands of short-lived objects, so with the default thresholds the
+    collector ran every few requests and walked the whole heap (FastAPI, SQLAlchemy and
+    pydantic make it large) at every full collection. Freezing what startup built takes
+    it out of every later collection. Measured in process (50 concurrent sends, loop
+    thread CPU, median of 5): 1,279 -> 996 µs per send.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _drain_on_sigterm(app: FastAPI) -> None:
@@ -91,6 +110,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         on_attempt=metrics.plivo_attempt,
         on_in_flight=metrics.set_plivo_in_flight,
     )
+    app.state.services = Services(settings, app.state.sender, app.state.limits, db)
     reconciler = Reconciler(db, client, settings)
     reconciler.on_lookup = metrics.reconcile_lookup
     reconciler.on_backlog = metrics.set_reconcile_backlog
@@ -99,6 +119,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     stopping = asyncio.Event()
     retention = asyncio.create_task(retention_loop(db, settings.retention_days, stopping))
     _drain_on_sigterm(app)
+    tune_gc()
     if settings.sandbox:
         log.warning(
             "SANDBOX MODE: no Plivo credentials, nothing is sent to Plivo; "
@@ -159,6 +180,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,  # our own /docs (app/docs.py): FastAPI's loads Swagger UI from a CDN
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
+        # FastAPI's OpenTelemetry hooks: off, the service has its own metrics and logs
+        # (when on and unconfigured they still cost a provider lookup per request).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.auth = Authenticator(settings.api_keys)
@@ -179,10 +203,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StoreUnavailable, _on_store_unavailable)
     # Callbacks first: for a method not allowed on /api/mms/status, Starlette's 405 names
     # the first route whose path matches — it must be POST /status, not GET /{messageUuid}.
-    app.include_router(callbacks_router)
-    app.include_router(mms_router)
-    app.include_router(health.router)
-    app.include_router(metrics_router)
+    for router in (callbacks_router, mms_router, health.router, metrics_router):
+        # The routes themselves, not include_router(): FastAPI 0.165 keeps an included
+        # router as a nested matcher, and walking it cost ~60 µs per request here.
+        app.router.routes.extend(router.routes)
     if docs:
         install_docs(app)
     # Outermost last: request id and log line around everything, then the per-IP limit.

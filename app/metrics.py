@@ -66,6 +66,7 @@ SEND_CODES = (
     "quota_exceeded",
     "idempotency_key_reused",
     "idempotency_in_progress",
+    "idempotent_replay",
     "plivo_rejected",
     "upstream_auth_failed",
     "upstream_error",

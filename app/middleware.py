@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import time
 from collections.abc import Callable
@@ -49,7 +50,9 @@ def request_id_from(scope: Scope) -> str:
             if _SAFE_REQUEST_ID.fullmatch(candidate):
                 return candidate
             break
-    return os.urandom(16).hex()
+    # Not a secret, only unique: random's generator (seeded from os.urandom at start) is
+    # ~20x cheaper here than a getrandom() system call per request.
+    return f"{random.getrandbits(128):032x}"
 
 
 def route_template(scope: Scope) -> str:

@@ -10,6 +10,7 @@ here are `limits`' own; only the fallback and the HTTP plumbing are ours.
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -36,6 +37,58 @@ T = TypeVar("T")
 REDIS_TIMEOUT_SECONDS = 0.25
 REDIS_RETRY_AFTER_SECONDS = 5.0
 SEND_PATH = "/api/mms/send"
+
+
+class QuietMemoryStorage(MemoryStorage):
+    """limits' async MemoryStorage with cheap housekeeping; the counting is limits' own.
+
+    Upstream (limits 5.8) starts a new sweep of *every* key as soon as the previous one
+    ends, and hands each key's bisect to `asyncio.to_thread`: with the benchmark's 11,000
+    keys (10,000 clients, 1,000 destinations) that sweep was about a third of the service's
+    CPU. Here expired entries are swept inline, at most every few seconds. Expiry is only
+    housekeeping: a moving window ignores entries older than its period either way.
+    """
+
+    SWEEP_INTERVAL_SECONDS = 5.0
+    _next_sweep = 0.0
+
+    # Overrides the base class's private `__schedule_expiry`, called before every hit.
+    async def _MemoryStorage__schedule_expiry(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.SWEEP_INTERVAL_SECONDS
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """Drop expired moving-window entries and fixed-window counters (no await inside)."""
+        now = time.time()
+        for key, entries in list(self.events.items()):
+            # Entries are newest first, so expiries descend: keep the unexpired prefix.
+            keep = bisect.bisect_left(entries, -now, key=lambda entry: -entry.expiry)
+            if keep:
+                self.events[key] = entries[:keep]
+            else:
+                del self.events[key]
+                self.locks.pop(key, None)
+        for key, expiry in list(self.expirations.items()):
+            if expiry <= now:
+                self.storage.pop(key, None)
+                del self.expirations[key]
+                self.locks.pop(key, None)
+
+
+_day_cache: tuple[float, str, float] = (0.0, "", 0.0)
+
+
+def _utc_day() -> tuple[str, float]:
+    """Today's UTC date and the epoch of the next midnight (recomputed once a day)."""
+    global _day_cache
+    now = time.time()
+    if now >= _day_cache[0]:
+        today = datetime.fromtimestamp(now, UTC)
+        midnight = (today + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        _day_cache = (midnight.timestamp(), today.strftime("%Y-%m-%d"), midnight.timestamp())
+    return _day_cache[1], _day_cache[2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +129,7 @@ class LimitStore:
         on_recovered: Callable[[], None] | None = None,
     ) -> None:
         self.url = url
-        self._memory: Storage = MemoryStorage()
+        self._memory: Storage = QuietMemoryStorage()
         self._redis: Storage | None = None
         if url.startswith(("redis://", "rediss://")):
             from redis.asyncio.retry import Retry
@@ -127,27 +180,29 @@ class LimitStore:
                 return result
         return await operation(self._memory)
 
-    async def moving_hit(self, item: RateLimitItem, *key: str) -> Verdict:
+    async def moving_hit(self, item: RateLimitItem, *key: str, stats: bool = True) -> Verdict:
+        """Count one hit. `stats=False`: the window is read only when the hit is refused
+        (for Retry-After) — callers that send no X-RateLimit-* headers save a round trip."""
+
         async def hit(storage: Storage) -> Verdict:
             limiter = self._moving[storage]
             allowed = await limiter.hit(item, *key)
-            stats = await limiter.get_window_stats(item, *key)
-            return Verdict(allowed, item.amount, stats.remaining, stats.reset_time)
+            if allowed and not stats:
+                return Verdict(True, item.amount, 0, 0.0)
+            window = await limiter.get_window_stats(item, *key)
+            return Verdict(allowed, item.amount, window.remaining, window.reset_time)
 
         return await self.run(hit)
 
     async def daily_hit(self, amount: int, *key: str) -> Verdict:
         """Fixed window per UTC calendar day: the date is part of the key."""
-        now = datetime.now(UTC)
-        midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        day, midnight = _utc_day()
         item = RateLimitItemPerDay(amount)
-        day_key = (*key, now.strftime("%Y-%m-%d"))
+        day_key = (*key, day)
 
         async def hit(storage: Storage) -> Verdict:
-            limiter = self._fixed[storage]
-            allowed = await limiter.hit(item, *day_key)
-            stats = await limiter.get_window_stats(item, *day_key)
-            return Verdict(allowed, amount, stats.remaining, midnight.timestamp())
+            allowed = await self._fixed[storage].hit(item, *day_key)
+            return Verdict(allowed, amount, 0, midnight)
 
         return await self.run(hit)
 
@@ -193,7 +248,7 @@ class Limits:
         Called only for sends that go on toward Plivo: rejected requests and replays never
         get here, so they do not count.
         """
-        verdict = await self.store.moving_hit(self.per_destination, "dst", destination)
+        verdict = await self.store.moving_hit(self.per_destination, "dst", destination, stats=False)
         if not verdict.allowed:
             if self.on_reject:
                 self.on_reject("destination")

@@ -173,3 +173,26 @@ async def test_quota_counts_sends_that_went_on_to_plivo(settings_factory, client
         assert (await client.post("/api/mms/send", json=VALID)).status_code == 400
         response = await client.post("/api/mms/send", json={**VALID, "to": "+14155550101"})
     assert response.json()["code"] == "quota_exceeded"
+
+
+async def test_memory_storage_sweeps_expired_entries_only():
+    """The quiet sweep drops expired entries and counters, keeps live ones (limits' algorithm)."""
+    from limits import parse
+
+    from app.ratelimit import QuietMemoryStorage
+
+    storage = QuietMemoryStorage()
+    from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+
+    moving, fixed = MovingWindowRateLimiter(storage), FixedWindowRateLimiter(storage)
+    short, long = parse("5/1second"), parse("5/hour")
+    for _ in range(3):
+        assert await moving.hit(short, "old")
+        assert await moving.hit(long, "live")
+        assert await fixed.hit(short, "counter")
+    await asyncio.sleep(1.1)
+    storage._sweep()
+    keys = " ".join(storage.events)
+    assert "old" not in keys and "live" in keys
+    assert not any("counter" in k for k in storage.storage)
+    assert (await moving.get_window_stats(long, "live")).remaining == 2

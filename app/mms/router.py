@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from app import errors
-from app.deps import CallerDep, DatabaseDep, LimitsDep, SenderDep, SettingsDep
+from app.deps import CallerDep, ServicesDep
 from app.mms import service
 from app.mms.schemas import MessageOut, MessagePage, SendRequest, SendResponse
 from app.store import repository
@@ -109,10 +109,7 @@ async def read_send_request(request: Request) -> SendRequest:
 async def send_mms(
     request: Request,
     caller: CallerDep,
-    sender: SenderDep,
-    limits: LimitsDep,
-    db: DatabaseDep,
-    settings: SettingsDep,
+    services: ServicesDep,
 ) -> Response:
     """Queue one MMS with Plivo. A 200 means Plivo queued it, not that it was delivered."""
     key = idempotency_key_of(request)
@@ -125,10 +122,10 @@ async def send_mms(
             caller=caller,
             request_id=state["request_id"],
             idempotency_key=key,
-            sender=sender,
-            limits=limits,
-            db=db,
-            settings=settings,
+            sender=services.sender,
+            limits=services.limits,
+            db=services.db,
+            settings=services.settings,
         )
     except errors.AppError as exc:
         state["code"] = exc.code
@@ -159,7 +156,7 @@ STATUSES = "unknown|queued|sent|delivered|undelivered|failed|rejected|not_sent"
 )
 async def list_messages(
     caller: CallerDep,
-    db: DatabaseDep,
+    services: ServicesDep,
     to: Annotated[str | None, Query(max_length=16, description="E.164 destination")] = None,
     status: Annotated[str | None, Query(pattern=f"^({STATUSES})$")] = None,
     since: Annotated[datetime | None, Query(description="ISO 8601; created at or after")] = None,
@@ -182,7 +179,7 @@ async def list_messages(
         )
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
-    async with db.read() as conn:
+    async with services.db.read() as conn:
         rows, next_cursor = await repository.list_messages(
             conn,
             caller,
@@ -203,9 +200,9 @@ async def list_messages(
     responses=errors.problem_responses(*LOOKUP_ERRORS),
     openapi_extra={"security": SECURITY},
 )
-async def get_message(messageUuid: str, caller: CallerDep, db: DatabaseDep) -> MessageOut:
+async def get_message(messageUuid: str, caller: CallerDep, services: ServicesDep) -> MessageOut:
     """Another caller's message, an unknown or a malformed id: all 404 `not_found`."""
-    async with db.read() as conn:
+    async with services.db.read() as conn:
         row = await repository.get_message(conn, caller, messageUuid)
     if row is None:
         raise errors.NotFound("No message with this id for this API key.")

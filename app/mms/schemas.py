@@ -21,6 +21,7 @@ E164 = re.compile(r"\+[1-9][0-9]{1,14}")  # ASCII digits only: \d would admit ot
 MMS_REGIONS = frozenset({"US", "CA"})
 MAX_URL_LENGTH = 2048
 _http_url = TypeAdapter(AnyHttpUrl)
+_SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
 
 
 @lru_cache(maxsize=8192)
@@ -48,7 +49,7 @@ def us_ca_number(value: str) -> str:
 def media_url(value: str) -> str:
     if len(value) > MAX_URL_LENGTH:
         raise ValueError(f"must be at most {MAX_URL_LENGTH} characters")
-    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+    if _SPACE_OR_CONTROL.search(value):
         raise ValueError("must not contain spaces or control characters")
     try:
         url = _http_url.validate_python(value)

@@ -201,7 +201,6 @@ class AiohttpPlivoClient(PlivoClient):
                 "User-Agent": "mms-gateway",
                 "Accept": "application/json",
             },
-            skip_auto_headers=("User-Agent",),
             raise_for_status=False,
         )
 
