@@ -92,9 +92,19 @@ def serve(settings: Settings) -> int:
     if settings.web_concurrency > 1:
         from app.logging import get_logger
 
-        get_logger("app.main").info(
+        log = get_logger("app.main")
+        log.info(
             "metrics_multiprocess_dir", path=os.environ[MULTIPROC_ENV], created=created is not None
         )
+        if settings.rate_limit_storage_url.startswith("memory://"):
+            # Each worker counts alone: the limits and the quota become N × workers.
+            workers = settings.web_concurrency
+            log.warning(
+                f"RATE LIMITS ARE PER WORKER: WEB_CONCURRENCY={workers} with "
+                f"RATE_LIMIT_STORAGE_URL=memory:// multiplies every limit and the daily quota "
+                f"by {workers}; set RATE_LIMIT_STORAGE_URL=redis://... to share them",
+                workers=settings.web_concurrency,
+            )
         sock = config.bind_socket()
         try:
             _Supervisor(config, sockets=[sock]).run()

@@ -86,3 +86,16 @@ def test_migrate_command_applies_migrations_alone(tmp_path, fake_plivo):
         "idempotency_keys",
         "alembic_version",
     } <= tables
+
+
+def test_several_workers_with_memory_limits_warn_loudly(server_factory):
+    """WEB_CONCURRENCY=2 and memory:// limits: each worker counts alone, and the log says so."""
+    server = server_factory(WEB_CONCURRENCY=2)
+    assert server.terminate() == 0
+    assert "RATE LIMITS ARE PER WORKER" in server.logs()
+
+
+def test_several_workers_with_redis_limits_do_not_warn(server_factory, redis_url):
+    server = server_factory(WEB_CONCURRENCY=2, RATE_LIMIT_STORAGE_URL=redis_url)
+    assert server.terminate() == 0
+    assert "RATE LIMITS ARE PER WORKER" not in server.logs()

@@ -195,3 +195,111 @@ def test_a_slow_send_gets_the_apps_504_not_nginxs(fleet):
     assert response.headers["Content-Type"] == "application/problem+json"
     assert response.json()["code"] == "upstream_timeout"
     assert len(fleet.fake.sends()) == 1
+
+
+# Shared state on PostgreSQL: one idempotency record, one status history, one reconciliation.
+def test_one_idempotency_key_sent_to_every_replica_at_once_is_one_plivo_call(start_fleet):
+    """The same key, at once, directly to each replica and through nginx: exactly one send."""
+    from tests import fakeplivo as fp
+
+    fleet = start_fleet()
+    fleet.fake.set_default(fp.ok(delay=1.0))
+    body = message()
+    headers = {**AUTH, "Idempotency-Key": "fleet-key-1"}
+    targets = [r.url for r in fleet.replicas] * 3 + [fleet.url] * 4
+
+    def post(url):
+        with fleet.client() if url == fleet.url else _direct(url) as http:
+            return http.post("/api/mms/send", json=body, headers=headers)
+
+    with concurrent.futures.ThreadPoolExecutor(len(targets)) as pool:
+        responses = list(pool.map(post, targets))
+    fresh = [
+        r for r in responses if r.status_code == 200 and "idempotent-replayed" not in r.headers
+    ]
+    assert len(fresh) == 1, [
+        (r.status_code, r.headers.get("idempotent-replayed")) for r in responses
+    ]
+    assert all(r.status_code in (200, 409) for r in responses)
+    assert len(fleet.fake.sends()) == 1
+    fleet.fake.set_default(fp.ok())
+    for replica in fleet.replicas:  # every replica replays the one stored response
+        with _direct(replica.url) as http:
+            replay = http.post("/api/mms/send", json=body, headers=headers)
+        assert replay.headers["idempotent-replayed"] == "true"
+        assert replay.json() == fresh[0].json()
+    assert len(fleet.fake.sends()) == 1
+
+
+def test_callback_through_replica_a_is_read_on_replica_b(start_fleet):
+    """A delivery report stored by one replica is what every replica answers."""
+    from tests.signing import FORM, form, v3_headers
+
+    fleet = start_fleet()
+    a, b = fleet.replicas[0], fleet.replicas[1]
+    with fleet.client() as http:
+        message_uuid = http.post("/api/mms/send", json=message(), headers=AUTH).json()[
+            "messageUuid"
+        ][0]
+    params = {"MessageUUID": message_uuid, "Status": "delivered", "Sequence": "3"}
+    # Plivo signs the public URL (compose's PUBLIC_BASE_URL = nginx), whoever receives it.
+    headers = {**FORM, **v3_headers("http://nginx:8080/api/mms/status", params)}
+    with _direct(a.url) as http:
+        assert (
+            http.post("/api/mms/status", content=form(params), headers=headers).status_code == 200
+        )
+    with _direct(b.url) as http:
+        seen = http.get(f"/api/mms/{message_uuid}", headers=AUTH).json()
+    assert seen["status"] == "delivered"
+    assert [e["status"] for e in seen["events"]] == ["delivered"]
+
+
+def test_each_stale_message_is_reconciled_once_fleet_wide(start_fleet):
+    """Both replicas reconcile; each message is looked up exactly once (FOR UPDATE SKIP LOCKED)."""
+    fleet = start_fleet(RECONCILE_AFTER_SECONDS=2, RECONCILE_RATE=20)
+    with fleet.client() as http:
+        uuids = [
+            http.post("/api/mms/send", json=message(), headers=AUTH).json()["messageUuid"][0]
+            for _ in range(12)
+        ]
+    for message_uuid in uuids:  # delivered at Plivo: one lookup settles each message
+        fleet.fake.mdrs[message_uuid].message_state = "delivered"
+
+    def all_delivered():
+        with fleet.client() as http:
+            return all(
+                http.get(f"/api/mms/{u}", headers=AUTH).json()["status"] == "delivered"
+                for u in uuids
+            )
+
+    deadline = time.monotonic() + 60
+    while not all_delivered():
+        assert time.monotonic() < deadline, "reconciliation did not finish"
+        time.sleep(0.5)
+    time.sleep(3)  # nothing more to look up: no late second lookups either
+    lookups = [c.path for c in fleet.fake.lookups()]
+    assert sorted(lookups) == sorted(
+        f"/v1/Account/{fleet.fake.auth_id}/Message/{u}/" for u in uuids
+    )
+    # The replicas' own counters agree: together they made exactly one lookup per message.
+    assert sum(_found_lookups(r.url) for r in fleet.replicas) == len(uuids)
+
+
+def _found_lookups(url):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with _direct(url) as http:
+        text = http.get("/metrics").text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "mms_reconcile_lookups_total" and sample.labels.get("result") == "found"
+    )
+
+
+def _direct(url):
+    """A client straight to one replica (bypassing nginx), from the untrusted address."""
+    from tests.fleet import client
+
+    return client(url)
