@@ -15,7 +15,10 @@ $(STAMP): requirements-dev.lock pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.lock
 	touch $(STAMP)
 
+# Byte-compile the service first: PYTHONDONTWRITEBYTECODE=1 (set on some machines and in
+# the image) would otherwise recompile app/ at every start.
 run: $(STAMP)
+	$(PY) -m compileall -q app
 	$(PY) -m app
 
 test: $(STAMP)
@@ -27,6 +30,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy app
 
 bench: $(STAMP)
+	$(PY) -m compileall -q app
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 # Regenerate the lock files after changing pyproject.toml (needs `uv`: pip install uv).

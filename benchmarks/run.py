@@ -7,7 +7,7 @@
 2. concurrency  upstream 100 ms, 200 connections (ceiling: 100 in flight / 0.1 s)
 3. callbacks    unique, validly signed callbacks into SQLite and PostgreSQL (no peer feature)
 4. coldstart    seconds from exec to the first 200 on /health (RSS comes from scenario 2)
-5. features     CPU per send with each feature switched off in turn (this service alone)
+5. features     instructions per send with each feature switched off (callgrind)
 
 Both services get one core (taskset), realistic limits (RATE_LIMIT=100/minute, load spread
 over 10,000 client addresses and 1,000 destinations), PLIVO_MAX_CONCURRENCY=100, every
@@ -339,26 +339,22 @@ def cold_start(workdir: Path, runs: int = 5) -> dict[str, Any]:
     return {k: round(statistics.median(v), 3) for k, v in times.items()} | {"runs": runs}
 
 
-# 5: per-feature CPU -----------------------------------------------------------------------
-FEATURES = [
-    # (label, config changes, code switches for variant.py)
-    ("all features on", {}, ""),
-    ("auth off", {"API_KEYS": ""}, ""),
-    ("per-IP limit off", {}, "ip_limit"),
-    ("per-destination limit off", {}, "destination_limit"),
-    ("daily quota off", {"DAILY_QUOTA_PER_KEY": "0"}, ""),
-    ("request log line off", {"LOG_LEVEL": "warning"}, ""),
-    ("metrics off", {}, "metrics"),
-    ("record off", {}, "record"),
-    (
-        "everything above off",
-        {"API_KEYS": "", "DAILY_QUOTA_PER_KEY": "0", "LOG_LEVEL": "warning"},
-        "ip_limit,destination_limit,metrics,record",
-    ),
-]
+# 5: per-feature cost -----------------------------------------------------------------------
+def features(fake_url: str) -> list[dict[str, Any]]:
+    """Instructions per send with each feature off (callgrind: repeatable where time is not)."""
+    import feature_cost
+
+    rows = feature_cost.measure(fake_url)
+    for row in rows:
+        print(
+            f"    {row['variant']:28s} {row['instructions_per_send']:>12,} instructions/send "
+            f"(saves {row['saves_share']:.1%})",
+            flush=True,
+        )
+    return rows
 
 
-def features(peer: Path, workdir: Path, duration: int) -> list[dict[str, Any]]:
+def _fake(peer: Path) -> subprocess.Popen:
     fake = subprocess.Popen(
         [
             "taskset",
@@ -376,62 +372,8 @@ def features(peer: Path, workdir: Path, duration: int) -> list[dict[str, Any]]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    rows = []
-    try:
-        wait_http(f"http://127.0.0.1:{FAKE_PORT}/_stats")
-        for label, config, switches in FEATURES:
-            env = {
-                **SERVICE_ENV,
-                **config,
-                "DATABASE_URL": fresh_sqlite(workdir, "features"),
-                "PLIVO_AUTH_ID": AUTH_ID,
-                "PLIVO_AUTH_TOKEN": AUTH_TOKEN,
-                "PLIVO_SENDER_NUMBER": "+14155550000",
-                "PLIVO_API_URL": f"http://127.0.0.1:{FAKE_PORT}/v1",
-            }
-            proc = start_service(env, workdir / "features.log", variant_off=switches)
-            try:
-                wait_http(f"http://127.0.0.1:{PORT}/health")
-                load = {"LOAD_SPREAD": "1", "LOAD_CPUS": "1"}
-                if env["API_KEYS"]:
-                    load["LOAD_AUTHORIZATION"] = f"Bearer {API_KEY}"
-                _load(peer, load, 3)  # warm-up
-                cpu = cpu_seconds(proc.pid)
-                result = _load(peer, load, duration)
-                cpu = cpu_seconds(proc.pid) - cpu
-            finally:
-                stop(proc)
-            rows.append(
-                {
-                    "variant": label,
-                    "rps": result["rps"],
-                    "p99_ms": result["p99_ms"],
-                    "non2xx": result["non2xx"],
-                    "cpu_us_per_send": round(cpu * 1e6 / max(1, result["requests"]), 1),
-                }
-            )
-            print(
-                f"    {label:28s} {rows[-1]['cpu_us_per_send']:7.1f} µs CPU/send "
-                f"{result['rps']:8.1f} req/s",
-                flush=True,
-            )
-    finally:
-        stop(fake)
-    base = rows[0]["cpu_us_per_send"]
-    for row in rows:
-        row["saves_us"] = round(base - row["cpu_us_per_send"], 1)
-    return rows
-
-
-def _load(peer: Path, env: dict[str, str], duration: int) -> dict[str, Any]:
-    out = subprocess.run(
-        [str(peer / "load.sh"), f"http://127.0.0.1:{PORT}/api/mms/send", "50", str(duration)],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=duration + 60,
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    wait_http(f"http://127.0.0.1:{FAKE_PORT}/_stats")
+    return fake
 
 
 # Report -----------------------------------------------------------------------------------
@@ -559,8 +501,12 @@ def main() -> None:
         print("== 4. cold start", flush=True)
         results["coldstart"] = cold_start(workdir)
     if "features" in chosen:
-        print("== 5. per-feature CPU", flush=True)
-        results["features"] = features(peer, workdir, args.duration)
+        print("== 5. per-feature cost (callgrind, ~11 min)", flush=True)
+        fake = _fake(peer)
+        try:
+            results["features"] = features(f"http://127.0.0.1:{FAKE_PORT}/v1")
+        finally:
+            stop(fake)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
     table = report(results)

@@ -16,18 +16,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-OFF = {f for f in os.environ.get("BENCH_FEATURES_OFF", "").split(",") if f}
 
-
-def _switch_off() -> None:
-    if "ip_limit" in OFF:
+def switch_off(off: set[str]) -> None:
+    """Replace the named features with no-ops (before the app is built)."""
+    if "ip_limit" in off:
         from app import ratelimit
 
         async def pass_through(self: Any, scope: Any, receive: Any, send: Any) -> None:
             await self.app(scope, receive, send)
 
         ratelimit.ClientRateLimitMiddleware.__call__ = pass_through  # type: ignore[method-assign]
-    if "destination_limit" in OFF:
+    if "destination_limit" in off:
         from app import ratelimit
 
         async def quota_only(self: Any, *, destination: str, caller: str) -> None:
@@ -35,21 +34,32 @@ def _switch_off() -> None:
                 await self.store.daily_hit(self.daily_quota, "quota", caller)
 
         ratelimit.Limits.check_send = quota_only  # type: ignore[method-assign]
-    if "record" in OFF:
+    if "record" in off:
         from app.mms import service
 
         async def no_record(*args: Any, **kwargs: Any) -> None:
             return None
 
         service._record = no_record  # type: ignore[assignment]
-    if "metrics" in OFF:
-        from app import metrics
+    if "metrics" in off:
+        from app.metrics import Metrics
 
-        metrics.disable_for_benchmark()
+        def nothing(*args: Any, **kwargs: Any) -> None:
+            return None
+
+        for hook in (
+            "observe_request",
+            "plivo_attempt",
+            "set_plivo_in_flight",
+            "rate_limit_rejected",
+            "callback",
+            "store_batch",
+        ):
+            setattr(Metrics, hook, nothing)
 
 
 if __name__ == "__main__":
-    _switch_off()
+    switch_off({f for f in os.environ.get("BENCH_FEATURES_OFF", "").split(",") if f})
     from app.__main__ import main
 
     sys.exit(main(sys.argv[1:]))

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from app import errors
 from app.callbacks import service, signature
-from app.deps import ServicesDep
+from app.deps import get_services
 
 router = APIRouter(prefix="/api/mms", tags=["callbacks"])
 CALLBACK_PATH = "/api/mms/status"
@@ -76,8 +76,9 @@ def _signed_url(request: Request, public_base_url: str) -> str:
     ),
     openapi_extra=CALLBACK_BODY,
 )
-async def status_callback(request: Request, services: ServicesDep) -> Response:
+async def status_callback(request: Request) -> Response:
     """Store a delivery report. Answered fast; no outbound call is made here."""
+    services = await get_services(request)  # a hot route: see app/main.py
     settings, db = services.settings, services.db
     raw = await request.body()
     pairs = parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from app import errors
-from app.deps import CallerDep, ServicesDep
+from app.deps import CallerDep, ServicesDep, get_caller, get_services
 from app.mms import service
 from app.mms.schemas import MessageOut, MessagePage, SendRequest, SendResponse
 from app.store import repository
@@ -106,12 +106,12 @@ async def read_send_request(request: Request) -> SendRequest:
     responses=errors.problem_responses(*SEND_ERRORS),
     openapi_extra=SEND_BODY,
 )
-async def send_mms(
-    request: Request,
-    caller: CallerDep,
-    services: ServicesDep,
-) -> Response:
+async def send_mms(request: Request) -> Response:
     """Queue one MMS with Plivo. A 200 means Plivo queued it, not that it was delivered."""
+    # A hot route, served as a plain Starlette route (app/main.py), so its context is
+    # resolved here by the same functions the other routes use as dependencies.
+    caller = await get_caller(request)
+    services = await get_services(request)
     key = idempotency_key_of(request)
     body = await read_send_request(request)
     state = request.scope["state"]
