@@ -79,7 +79,7 @@ def _uvicorn_config(settings: Settings) -> uvicorn.Config:
         lifespan="on",
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,  # type: ignore[arg-type]  # a float works: it goes to asyncio.wait_for
         access_log=False,  # the service logs one line per request itself
         log_config=None,  # keep our structlog handlers
         server_header=False,

@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
+from app.mms.schemas import E164
+
 SANDBOX_SENDER = "+14155550000"
 
 
@@ -60,7 +61,11 @@ def _check_limit(value: str) -> str:
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        env_ignore_empty=True,  # `LOG_FORMAT=` (as in .env.example) means "the default"
     )
 
     plivo_auth_id: str | None = None
@@ -99,14 +104,11 @@ class Settings(BaseSettings):
     def _lowercase(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("plivo_auth_id", "plivo_sender_number", "metrics_token", mode="before")
+    @field_validator(
+        "plivo_auth_id", "plivo_auth_token", "plivo_sender_number", "metrics_token", mode="before"
+    )
     @classmethod
-    def _empty_is_unset(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("plivo_auth_token", mode="before")
-    @classmethod
-    def _empty_token_is_unset(cls, value: Any) -> Any:
+    def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("plivo_sender_number")

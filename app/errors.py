@@ -92,9 +92,12 @@ InternalError = _error(500, "internal_error", "Internal server error")
 ServiceUnavailable = _error(503, "service_unavailable", "A dependency of the service failed")
 NotReady = _error(503, "not_ready", "This replica is not ready")
 
-ALL_ERRORS: tuple[type[AppError], ...] = tuple(
-    v for v in list(globals().values()) if isinstance(v, type) and issubclass(v, AppError)
-)
+
+def invalid(location: tuple[str, ...], message: str) -> RequestValidationError:
+    """A 422 `validation_error` for one field that the models did not check themselves."""
+    return RequestValidationError(
+        [{"type": "value_error", "loc": location, "msg": message, "input": None}]
+    )
 
 
 def problem_body(

@@ -14,14 +14,15 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
+from sqlalchemy.exc import DBAPIError
 from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
 from app import __version__, errors, health
 from app.auth import Authenticator
-from app.callbacks.router import CALLBACK_PATH, status_callback
 from app.callbacks.router import router as callbacks_router
+from app.callbacks.router import status_callback
 from app.callbacks.service import record_status
 from app.config import ConfigError, Settings, load_settings
 from app.deps import Services
@@ -29,15 +30,16 @@ from app.docs import install_docs
 from app.logging import configure_logging, get_logger
 from app.metrics import Metrics, multiprocess_dir
 from app.metrics import router as metrics_router
-from app.middleware import RequestContextMiddleware
+from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.mms.router import router as mms_router
 from app.mms.router import send_mms
 from app.mms.schemas import SendRequest
+from app.paths import CALLBACK_PATH, SEND_PATH
 from app.plivo.breaker import CircuitBreaker
 from app.plivo.client import AiohttpPlivoClient, PlivoClient
 from app.plivo.sandbox import SandboxPlivoClient
 from app.plivo.sender import Sender
-from app.ratelimit import SEND_PATH, ClientRateLimitMiddleware, Limits, LimitStore
+from app.ratelimit import ClientRateLimitMiddleware, Limits, LimitStore
 from app.reconcile import Reconciler
 from app.retention import retention_loop
 from app.store.db import Database, StoreUnavailable
@@ -158,8 +160,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 async def _on_store_unavailable(request: Request, exc: Exception) -> Response:
+    """The store failed (a write, or a read's database error): 503, never a 500."""
     error = errors.ServiceUnavailable("The message store is unavailable; retry shortly.")
     error.headers["Retry-After"] = "5"
+    request.scope["state"]["code"] = error.code
     return errors.problem_response(error, errors.request_id_of(request))
 
 
@@ -216,6 +220,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install_error_handlers(app)
     app.add_exception_handler(StoreUnavailable, _on_store_unavailable)
+    app.add_exception_handler(DBAPIError, _on_store_unavailable)
     # Callbacks first: for a method not allowed on /api/mms/status, Starlette's 405 names
     # the first route whose path matches — it must be POST /status, not GET /{messageUuid}.
     for router in (callbacks_router, mms_router, health.router, metrics_router):
@@ -230,7 +235,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.router.routes.insert(0, HotRoute(path, endpoint, methods=["POST"]))
     if docs:
         install_docs(app)
-    # Outermost last: request id and log line around everything, then the per-IP limit.
+    # Outermost last: request id and log line around everything, then the per-IP limit
+    # (which counts every request to the send route), then the body limit.
+    app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(ClientRateLimitMiddleware, limits=app.state.limits)
     app.add_middleware(RequestContextMiddleware, observe=metrics.observe_request)
     app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]

@@ -33,9 +33,9 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from app import errors
+from app.paths import SEND_PATH
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-SEND_PATH = "/api/mms/send"
 
 # Seconds. The send deadline is PLIVO_TIMEOUT_SECONDS (10 s by default), hence 15 and 30.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0)

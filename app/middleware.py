@@ -1,4 +1,4 @@
-"""Pure ASGI middleware (no BaseHTTPMiddleware): request id, body limit, one log line."""
+"""Pure ASGI middleware (no BaseHTTPMiddleware): request id and log line, body limit."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import structlog
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PayloadTooLarge, problem_response
+from app.errors import InternalError, PayloadTooLarge, problem_response
 from app.logging import get_logger
 
 MAX_BODY_BYTES = 64 * 1024
@@ -73,6 +73,10 @@ def _content_length(scope: Scope) -> int | None:
 
 
 class RequestContextMiddleware:
+    """Outermost: the request id, one log line and the metrics of every request — also of
+    those that fail unexpectedly, which it answers itself (500 `internal_error`, with the
+    X-Request-ID header and the request id in the log)."""
+
     def __init__(self, app: ASGIApp, observe: Observer | None = None) -> None:
         self.app = app
         self.observe = observe
@@ -98,18 +102,14 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", ()), rid_header]
             await send(message)
 
-        length = _content_length(scope)
         try:
-            if length is not None and length > MAX_BODY_BYTES:
-                # Answer at once, without reading the body.
-                error = PayloadTooLarge(f"The body exceeds {MAX_BODY_BYTES} bytes.")
-                await problem_response(error, request_id)(scope, receive, send_with_id)
-            else:
-                await self.app(scope, _limited(receive), send_with_id)
-        except BodyTooLarge:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            log.error("unhandled_exception", exc_info=exc, path=scope["path"])
             if response_started:
                 raise
-            error = PayloadTooLarge(f"The body exceeds {MAX_BODY_BYTES} bytes.")
+            state["code"] = InternalError.code
+            error = InternalError("An unexpected error occurred.")
             await problem_response(error, request_id)(scope, receive, send_with_id)
         finally:
             duration = time.perf_counter() - started
@@ -129,6 +129,41 @@ class RequestContextMiddleware:
                 pid=_pid,
             )
             structlog.contextvars.reset_contextvars(**tokens)
+
+
+class BodyLimitMiddleware:
+    """64 KiB: refused by Content-Length before the body is read, or while it streams in.
+
+    Inside the per-IP limiter, so an oversized request is still counted and still gets its
+    X-RateLimit-* headers."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        response_started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        length = _content_length(scope)
+        try:
+            if length is None or length <= MAX_BODY_BYTES:
+                await self.app(scope, _limited(receive), send_tracked)
+                return
+        except BodyTooLarge:
+            if response_started:
+                raise
+        state = scope.setdefault("state", {})
+        state["code"] = PayloadTooLarge.code
+        error = PayloadTooLarge(f"The body exceeds {MAX_BODY_BYTES} bytes.")
+        await problem_response(error, state.get("request_id", "-"))(scope, receive, send)
 
 
 def _limited(receive: Receive) -> Receive:

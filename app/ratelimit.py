@@ -30,13 +30,13 @@ from app.errors import (
     problem_response,
 )
 from app.logging import get_logger
+from app.paths import SEND_PATH
 
 log = get_logger("app.ratelimit")
 T = TypeVar("T")
 
 REDIS_TIMEOUT_SECONDS = 0.25
 REDIS_RETRY_AFTER_SECONDS = 5.0
-SEND_PATH = "/api/mms/send"
 
 
 class QuietMemoryStorage(MemoryStorage):
@@ -155,10 +155,6 @@ class LimitStore:
         self._redis_down_until = 0.0
         self.degraded = False
 
-    @property
-    def shared(self) -> bool:
-        return self._redis is not None
-
     async def run(self, operation: Callable[[Storage], Awaitable[T]]) -> T:
         redis = self._redis
         if redis is not None and time.monotonic() >= self._redis_down_until:
@@ -180,13 +176,16 @@ class LimitStore:
                 return result
         return await operation(self._memory)
 
-    async def moving_hit(self, item: RateLimitItem, *key: str, stats: bool = True) -> Verdict:
-        """Count one hit. `stats=False`: the window is read only when the hit is refused
-        (for Retry-After) — callers that send no X-RateLimit-* headers save a round trip."""
+    async def moving_hit(
+        self, item: RateLimitItem, *key: str, stats: bool = True, count: bool = True
+    ) -> Verdict:
+        """Count one hit (`count=False`: only test whether one would pass). `stats=False`:
+        the window is read only when refused (for Retry-After) — callers that send no
+        X-RateLimit-* headers save a round trip."""
 
         async def hit(storage: Storage) -> Verdict:
             limiter = self._moving[storage]
-            allowed = await limiter.hit(item, *key)
+            allowed = await (limiter.hit if count else limiter.test)(item, *key)
             if allowed and not stats:
                 return Verdict(True, item.amount, 0, 0.0)
             window = await limiter.get_window_stats(item, *key)
@@ -194,26 +193,18 @@ class LimitStore:
 
         return await self.run(hit)
 
-    async def daily_hit(self, amount: int, *key: str) -> Verdict:
+    async def daily_hit(self, amount: int, *key: str, count: bool = True) -> Verdict:
         """Fixed window per UTC calendar day: the date is part of the key."""
         day, midnight = _utc_day()
         item = RateLimitItemPerDay(amount)
         day_key = (*key, day)
 
         async def hit(storage: Storage) -> Verdict:
-            allowed = await self._fixed[storage].hit(item, *day_key)
+            limiter = self._fixed[storage]
+            allowed = await (limiter.hit if count else limiter.test)(item, *day_key)
             return Verdict(allowed, amount, 0, midnight)
 
         return await self.run(hit)
-
-    async def check(self) -> bool:
-        """Is the shared storage reachable? (True when there is none.)"""
-        if self._redis is None:
-            return True
-        try:
-            return bool(await self._redis.check())
-        except Exception:
-            return False
 
     async def reset(self) -> None:
         await self._memory.reset()
@@ -243,28 +234,45 @@ class Limits:
         return await self.store.moving_hit(self.per_ip, "ip", client)
 
     async def check_send(self, *, destination: str, caller: str) -> None:
-        """Per-destination limit, then the caller's daily quota. Raises when either is hit.
+        """Per-destination limit and the caller's daily quota; raises when either is spent.
 
-        Called only for sends that go on toward Plivo: rejected requests and replays never
-        get here, so they do not count.
+        Called by the sender once the send holds a concurrency slot and the breaker let it
+        through — only sends that go on toward Plivo count. Both are tested before either
+        is counted, so one refusing does not use up the other. (Between the test and the
+        hit another replica may slip in: then this send is refused, having counted the
+        other limit once — a bounded over-count, never an extra send.)
         """
+        destination_left = await self.store.moving_hit(
+            self.per_destination, "dst", destination, stats=False, count=False
+        )
+        quota_left = (
+            await self.store.daily_hit(self.daily_quota, "quota", caller, count=False)
+            if self.daily_quota
+            else None
+        )
+        for verdict, scope in ((destination_left, "destination"), (quota_left, "quota")):
+            if verdict is not None and not verdict.allowed:
+                self._refuse(scope, verdict)
         verdict = await self.store.moving_hit(self.per_destination, "dst", destination, stats=False)
         if not verdict.allowed:
-            if self.on_reject:
-                self.on_reject("destination")
+            self._refuse("destination", verdict)
+        if self.daily_quota:
+            verdict = await self.store.daily_hit(self.daily_quota, "quota", caller)
+            if not verdict.allowed:
+                self._refuse("quota", verdict)
+
+    def _refuse(self, scope: str, verdict: Verdict) -> None:
+        if self.on_reject:
+            self.on_reject(scope)
+        if scope == "destination":
             raise DestinationRateLimited(
                 "Too many messages to this number; retry later.",
                 headers={"Retry-After": str(verdict.retry_after)},
             )
-        if self.daily_quota:
-            verdict = await self.store.daily_hit(self.daily_quota, "quota", caller)
-            if not verdict.allowed:
-                if self.on_reject:
-                    self.on_reject("quota")
-                raise QuotaExceeded(
-                    "This API key's daily quota is used up until midnight UTC.",
-                    headers={"Retry-After": str(verdict.retry_after)},
-                )
+        raise QuotaExceeded(
+            "This API key's daily quota is used up until midnight UTC.",
+            headers={"Retry-After": str(verdict.retry_after)},
+        )
 
 
 class ClientRateLimitMiddleware:

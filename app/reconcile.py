@@ -51,7 +51,6 @@ class Reconciler:
         self._next_slot = 0.0
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.lookups = 0
         self.backlog = 0
         self.on_lookup: Any = None  # metrics hook: on_lookup(result: str)
         self.on_backlog: Any = None  # metrics hook: on_backlog(backlog: int)
@@ -62,7 +61,10 @@ class Reconciler:
     async def stop(self) -> None:
         self._stopping.set()
         if self._task is not None:
-            await self._task
+            try:
+                await self._task
+            except Exception as exc:  # never let it stop the rest of the shutdown
+                log.error("reconciler_failed", error=type(exc).__name__)
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
@@ -75,11 +77,15 @@ class Reconciler:
                 log.error("reconcile_claim_failed", error=type(exc).__name__)
                 claimed = []
             for row in claimed:
-                if self._stopping.is_set():  # hand the claim back for another replica
-                    await self.db.write(FunctionOp(functools.partial(self._release, id=row["id"])))
-                    continue
-                await self._pace()
-                await self._check(row)
+                try:
+                    if self._stopping.is_set():  # hand the claim back for another replica
+                        release = functools.partial(self._release, id=row["id"])
+                        await self.db.write(FunctionOp(release))
+                        continue
+                    await self._pace()
+                    await self._check(row)
+                except Exception as exc:  # one message's trouble; its lease lets it retry
+                    log.error("reconcile_failed", message_id=row["id"], error=type(exc).__name__)
             if not claimed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), IDLE_POLL_SECONDS)
@@ -141,7 +147,6 @@ class Reconciler:
         give_up = now >= row["created_at"] + int(self.settings.reconcile_give_up_hours * 3600_000)
         try:
             found = await self._look_up(row)
-            self.lookups += 1
             result = "found" if found else "not_found"
         except PlivoError as exc:
             log.warning("reconcile_lookup_failed", message_id=row["id"], error=str(exc))
@@ -150,7 +155,10 @@ class Reconciler:
             self.on_lookup(result)
         if found is not None:
             await self._apply(row, found)
-        await self.db.write(FunctionOp(lambda c: self._reschedule(c, row, give_up)))
+        # An unknown outcome becomes `not_sent` only when Plivo answered it has no such
+        # message — never because the last lookup failed.
+        settle_unknown = give_up and result == "not_found"
+        await self.db.write(FunctionOp(lambda c: self._reschedule(c, row, give_up, settle_unknown)))
 
     async def _look_up(self, row: dict[str, Any]) -> PlivoMessage | None:
         if row["message_uuid"]:
@@ -202,7 +210,9 @@ class Reconciler:
                 source="reconcile",
             )
 
-    async def _reschedule(self, conn: AsyncConnection, row: dict[str, Any], give_up: bool) -> None:
+    async def _reschedule(
+        self, conn: AsyncConnection, row: dict[str, Any], give_up: bool, settle_unknown: bool
+    ) -> None:
         current = (
             await conn.execute(
                 select(messages.c.status_rank, messages.c.message_uuid).where(
@@ -213,7 +223,7 @@ class Reconciler:
         values: dict[str, Any] = {"claimed_until": None, "checks": row["checks"] + 1}
         if current is None or current.status_rank >= FINAL_RANK:
             values["next_check_at"] = None
-        elif give_up:
+        elif give_up and (current.message_uuid is not None or settle_unknown):
             values["next_check_at"] = None  # settled as it is
             if current.message_uuid is None:  # Plivo never had it
                 values.update(status="not_sent", status_rank=FINAL_RANK, updated_at=now_ms())

@@ -120,6 +120,7 @@ class FakePlivo:
             self.mdrs: dict[str, Mdr] = {}
             self.in_flight = 0
             self.max_in_flight = 0
+            self.lookups_fail = False  # Message Get / list answer 500
 
     def script(self, *actions: Action) -> None:
         """The next message requests get these actions, in order; then the default."""
@@ -220,6 +221,8 @@ class FakePlivo:
 
     async def _get(self, request: web.Request) -> web.Response:
         self._record(request, None)
+        if self.lookups_fail:
+            return _json(500, {"api_id": str(uuid.uuid4()), "error": "injected"})
         mdr = self.mdrs.get(request.match_info["uuid"])
         if mdr is None:
             return _json(404, {"api_id": str(uuid.uuid4()), "error": "not found"})
@@ -227,6 +230,8 @@ class FakePlivo:
 
     async def _list(self, request: web.Request) -> web.Response:
         self._record(request, None)
+        if self.lookups_fail:
+            return _json(500, {"api_id": str(uuid.uuid4()), "error": "injected"})
         q = request.query
         since = _parse(q.get("message_time__gte")) or datetime.min.replace(tzinfo=UTC)
         until = _parse(q.get("message_time__lte")) or datetime.max.replace(tzinfo=UTC)

@@ -147,3 +147,18 @@ def test_dotenv_file_is_read(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".env").write_text("\n".join(f"{k}={v}" for k, v in GOOD.items()) + "\nPORT=4001\n")
     assert Settings().port == 4001
+
+
+def test_env_example_as_dotenv_starts_in_sandbox(tmp_path, monkeypatch):
+    """`cp .env.example .env` is a valid configuration (empty values mean the defaults)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text((ROOT / ".env.example").read_text())
+    settings = load_settings()
+    assert settings.sandbox and settings.effective_log_format == "console"
+    assert settings.effective_docs_enabled is True
+
+
+def test_every_setting_is_in_env_example():
+    text = (ROOT / ".env.example").read_text()
+    for name in Settings.model_fields:
+        assert f"\n{name.upper()}=" in text, name

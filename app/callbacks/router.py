@@ -5,16 +5,15 @@ from __future__ import annotations
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from app import errors
 from app.callbacks import service, signature
 from app.deps import get_services
+from app.paths import CALLBACK_PATH
 
 router = APIRouter(prefix="/api/mms", tags=["callbacks"])
-CALLBACK_PATH = "/api/mms/status"
 _OK = b'{"status":"ok"}'
 _REPLAY = b'{"status":"duplicate"}'
 
@@ -55,6 +54,22 @@ CALLBACK_BODY = {
 }
 
 
+def _field_problem(
+    uuid: object, status: object, error_code: object, sequence: object
+) -> tuple[str, str] | None:
+    """What the store cannot hold (a signed callback can still be odd): a 422, not a 503
+    that Plivo would retry."""
+    if not isinstance(uuid, str) or not uuid or not isinstance(status, str) or not status:
+        return "MessageUUID/Status", "MessageUUID and Status are required"
+    if len(uuid) > 64 or len(status) > 16:
+        return "MessageUUID/Status", "MessageUUID (≤ 64) or Status (≤ 16) too long"
+    if error_code is not None and (not isinstance(error_code, str) or len(error_code) > 8):
+        return "ErrorCode", "at most 8 characters"
+    if isinstance(sequence, str) and sequence and not (sequence.isdigit() and len(sequence) <= 9):
+        return "Sequence", "a number below 10^9"
+    return None
+
+
 def _signed_url(request: Request, public_base_url: str) -> str:
     """What Plivo signed: PUBLIC_BASE_URL + path, else the URL we were called on."""
     if public_base_url:
@@ -80,6 +95,9 @@ async def status_callback(request: Request) -> Response:
     """Store a delivery report. Answered fast; no outbound call is made here."""
     services = await get_services(request)  # a hot route: see app/main.py
     settings, db = services.settings, services.db
+    if not settings.auth_token:
+        # Sandbox mode has no token to check against: nothing could be verified.
+        raise errors.InvalidSignature("Sandbox mode (no PLIVO_AUTH_TOKEN) accepts no callbacks.")
     raw = await request.body()
     pairs = parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
     params: dict[str, str | list[str]] = {}
@@ -103,20 +121,13 @@ async def status_callback(request: Request) -> Response:
     if nonce is None:
         metrics.callback(status, scheme)  # the status of an unsigned body: a hint only
         raise errors.InvalidSignature("The callback is not signed by Plivo with our token.")
-    if not isinstance(uuid, str) or not uuid or status is None:
-        metrics.callback(None, scheme)
-        raise RequestValidationError(
-            [
-                {
-                    "type": "missing",
-                    "loc": ("body", "MessageUUID/Status"),
-                    "msg": "MessageUUID and Status are required",
-                    "input": None,
-                }
-            ]
-        )
     error_code = params.get("ErrorCode")
     sequence = params.get("Sequence")
+    problem = _field_problem(uuid, status, error_code, sequence)
+    if problem is not None or not isinstance(uuid, str) or status is None:
+        metrics.callback(None, scheme)
+        field, message = problem or ("MessageUUID/Status", "MessageUUID and Status are required")
+        raise errors.invalid(("body", field), message)
     fresh = await service.record_status(
         db,
         message_uuid=uuid,

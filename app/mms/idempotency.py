@@ -21,7 +21,7 @@ import orjson
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.errors import UpstreamTimeout, problem_body
+from app.errors import PROBLEM_MEDIA_TYPE, UpstreamTimeout, problem_body
 from app.store.repository import insert_ignore, now_ms
 from app.store.tables import idempotency_keys, messages
 
@@ -74,19 +74,19 @@ class TakeKey:
             .returning(idempotency_keys.c.key)
         )
         if taken.first() is None:
-            held = (
-                await conn.execute(
-                    select(idempotency_keys).where(
-                        idempotency_keys.c.caller == self.caller,
-                        idempotency_keys.c.key == self.key,
-                    )
-                )
-            ).one()
+            held = await self._select(conn)
             if held.created_at >= now - KEEP_MS:
                 return await self._held(conn, held, now)
-            await conn.execute(  # older than 24 h: the key is free again
+            # Older than 24 h: the key is free again — for one taker only. The condition on
+            # the old creation time makes a concurrent replica's identical UPDATE (which
+            # waits for our row lock, then re-checks) match nothing.
+            retaken = await conn.execute(
                 update(idempotency_keys)
-                .where(idempotency_keys.c.caller == self.caller, idempotency_keys.c.key == self.key)
+                .where(
+                    idempotency_keys.c.caller == self.caller,
+                    idempotency_keys.c.key == self.key,
+                    idempotency_keys.c.created_at == held.created_at,
+                )
                 .values(
                     fingerprint=self.fingerprint,
                     state="in_flight",
@@ -97,13 +97,22 @@ class TakeKey:
                     created_at=now,
                     lease_until=now + self.lease_ms,
                 )
+                .returning(idempotency_keys.c.key)
             )
+            if retaken.first() is None:
+                return await self._held(conn, await self._select(conn), now)
         # The message row waits for its outcome; reconciliation looks at it only once the
         # lease has passed (a crash), never while the send is in flight.
         await conn.execute(
             messages.insert().values(**{**self.message_row, "next_check_at": now + self.lease_ms})
         )
         return Claim("new")
+
+    async def _select(self, conn: AsyncConnection) -> Any:
+        query = select(idempotency_keys).where(
+            idempotency_keys.c.caller == self.caller, idempotency_keys.c.key == self.key
+        )
+        return (await conn.execute(query)).one()
 
     async def _held(self, conn: AsyncConnection, held: Any, now: int) -> Claim:
         if held.fingerprint != self.fingerprint:
@@ -120,7 +129,7 @@ class TakeKey:
         ).scalar() or "-"
         error = UpstreamTimeout("The send was interrupted; its outcome is unknown.")
         body = orjson.dumps(problem_body(error, request_id)).decode()
-        headers = {"content-type": "application/problem+json"}
+        headers = {"content-type": PROBLEM_MEDIA_TYPE}
         await conn.execute(
             update(idempotency_keys)
             .where(idempotency_keys.c.caller == self.caller, idempotency_keys.c.key == self.key)

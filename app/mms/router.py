@@ -64,15 +64,8 @@ def idempotency_key_of(request: Request) -> str | None:
     if key is None:
         return None
     if not 1 <= len(key) <= 255 or not all(" " <= c <= "~" for c in key):
-        raise RequestValidationError(
-            [
-                {
-                    "type": "value_error",
-                    "loc": ("header", "Idempotency-Key"),
-                    "msg": "must be 1-255 printable ASCII characters",
-                    "input": None,
-                }
-            ]
+        raise errors.invalid(
+            ("header", "Idempotency-Key"), "must be 1-255 printable ASCII characters"
         )
     return key
 
@@ -81,16 +74,7 @@ async def read_send_request(request: Request) -> SendRequest:
     """Parse after authentication (a stranger learns nothing about the body), in one pass."""
     content_type = request.headers.get("content-type", "")
     if content_type.split(";")[0].strip().lower() != "application/json":
-        raise RequestValidationError(
-            [
-                {
-                    "type": "content_type",
-                    "loc": ("body",),
-                    "msg": "Content-Type must be application/json",
-                    "input": None,
-                }
-            ]
-        )
+        raise errors.invalid(("body",), "Content-Type must be application/json")
     try:
         return SendRequest.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -167,16 +151,7 @@ async def list_messages(
     """Only messages sent with the caller's own key; paginated by an opaque cursor."""
     position = repository.decode_cursor(cursor) if cursor else None
     if cursor and position is None:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "value_error",
-                    "loc": ("query", "cursor"),
-                    "msg": "not a cursor from this service",
-                    "input": None,
-                }
-            ]
-        )
+        raise errors.invalid(("query", "cursor"), "not a cursor from this service")
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
     async with services.db.read() as conn:

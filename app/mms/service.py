@@ -11,12 +11,20 @@ from typing import Any
 import orjson
 
 from app.config import Settings
-from app.errors import AppError, IdempotencyInProgress, IdempotencyKeyReused, problem_body
+from app.errors import (
+    PROBLEM_MEDIA_TYPE,
+    AppError,
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    UpstreamError,
+    problem_body,
+)
 from app.logging import get_logger
 from app.mms.idempotency import ReleaseKey, TakeKey, fingerprint, lease_ms
 from app.mms.schemas import EventOut, MessageOut, SendRequest, SendResponse
+from app.paths import CALLBACK_PATH
 from app.plivo.client import Accepted, OutboundMms
-from app.plivo.sender import Sender, outcome_of
+from app.plivo.sender import Sender, mark_unknown, outcome_of
 from app.ratelimit import Limits
 from app.reconcile import first_check_at
 from app.store.db import Database, StoreUnavailable
@@ -28,13 +36,12 @@ from app.store.repository import (
     now_ms,
 )
 
-STATUS_CALLBACK_PATH = "/api/mms/status"
 log = get_logger("app.mms")
 
 
 def callback_url(settings: Settings) -> str | None:
     """Ask Plivo for status callbacks only when the service is reachable from outside."""
-    return f"{settings.public_base_url}{STATUS_CALLBACK_PATH}" if settings.public_base_url else None
+    return f"{settings.public_base_url}{CALLBACK_PATH}" if settings.public_base_url else None
 
 
 def new_message_id() -> str:
@@ -122,19 +129,22 @@ async def send_mms(
         media_urls=request.media_urls,
         callback_url=callback_url(settings),
     )
-    keyed = idempotency_key is not None
     try:
         sender.check_breaker()  # an open breaker answers at once and counts against no limit
-        await limits.check_send(destination=request.to, caller=caller)
-        accepted = await sender.send(mms)
-    except AppError as exc:
-        outcome = outcome_of(exc)
+        count_send = functools.partial(limits.check_send, destination=request.to, caller=caller)
+        accepted = await sender.send(mms, before_send=count_send)
+    except Exception as exc:
+        error = exc if isinstance(exc, AppError) else unexpected_send_failure(exc)
+        outcome = outcome_of(error)
         if outcome is not None:  # Plivo may have it (unknown) or refused it for good
-            stored = _stored(exc.status, problem_body(exc, request_id), exc.headers, PROBLEM)
-            await _record(db, row(status=outcome), caller, idempotency_key, stored, keyed)
+            problem = orjson.dumps(problem_body(error, request_id))
+            stored = (error.status, problem, {**error.headers, "content-type": PROBLEM_MEDIA_TYPE})
+            await _record(db, row(status=outcome), caller, idempotency_key, stored)
         elif idempotency_key is not None:  # not stored: the same key may be retried
             await _release(db, caller, idempotency_key, row(status="unknown")["id"])
-        raise
+        if error is exc:
+            raise
+        raise error from None
     response = SendResponse(
         message=accepted.message, messageUuid=accepted.message_uuids, apiId=accepted.api_id
     )
@@ -146,19 +156,20 @@ async def send_mms(
         caller,
         idempotency_key,
         (200, body, {"content-type": JSON}),
-        keyed,
     )
     return SendResult(200, body, {}, message_uuid=accepted.message_uuids[0])
 
 
 JSON = "application/json"
-PROBLEM = "application/problem+json"
 
 
-def _stored(
-    status: int, body: dict[str, Any], headers: dict[str, str], content_type: str
-) -> tuple[int, bytes, dict[str, str]]:
-    return status, orjson.dumps(body), {**headers, "content-type": content_type}
+def unexpected_send_failure(exc: Exception) -> AppError:
+    """A bug or an unforeseen error during a send: Plivo may have the message, so it is an
+    unknown outcome like a dropped connection (502, stored, reconciled), never a 500."""
+    log.error("send_failed_unexpectedly", exc_info=exc)
+    return mark_unknown(
+        UpstreamError("The send failed unexpectedly; the message may or may not be queued.")
+    )
 
 
 async def _take_key(
@@ -205,7 +216,6 @@ async def _record(
     caller: str,
     key: str | None,
     response: tuple[int, bytes, dict[str, str]],
-    keyed: bool,
 ) -> None:
     status, body, headers = response
     completion = (
@@ -216,7 +226,8 @@ async def _record(
         else None
     )
     try:
-        await db.write(RecordMessage(row, idempotency=completion, existing=keyed))
+        # A keyed send's row was inserted when the key was taken: it is updated.
+        await db.write(RecordMessage(row, idempotency=completion, existing=key is not None))
     except StoreUnavailable:
         # Plivo already has the message: answering an error would invite a second send.
         log.error("record_failed", message_id=row["id"], message_uuid=row["message_uuid"])

@@ -69,7 +69,11 @@ class CircuitBreaker:
         """The trial never reached Plivo (e.g. no slot): let the next send be the trial."""
         self._trial_in_flight = False
 
-    def record(self, *, sick: bool) -> None:
+    def record(self, *, sick: bool, trial: bool = False) -> None:
+        """A send's verdict. While half-open only the trial's own result counts: a send
+        that started before the breaker opened says nothing about Plivo now."""
+        if self.state == HALF_OPEN and not trial:
+            return
         self._trial_in_flight = False
         if not sick:
             self.failures = 0

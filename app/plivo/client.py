@@ -193,8 +193,10 @@ class AiohttpPlivoClient(PlivoClient):
         self._account_url = f"{api_url}/Account/{auth_id}"
         self._message_url = f"{self._account_url}/Message/"
         self._session = aiohttp.ClientSession(
+            # Sends are capped by the sender's semaphore; the headroom is for reconciliation
+            # lookups, so they never make a send wait for a connection.
             connector=aiohttp.TCPConnector(
-                limit=max_connections, keepalive_timeout=15, ttl_dns_cache=300
+                limit=max_connections + 5, keepalive_timeout=15, ttl_dns_cache=300
             ),
             headers={
                 "Authorization": aiohttp.encode_basic_auth(auth_id, auth_token),
@@ -225,6 +227,8 @@ class AiohttpPlivoClient(PlivoClient):
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise PlivoTimeout(type(exc).__name__) from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise PlivoDropped(type(exc).__name__) from None
+        except aiohttp.ClientError as exc:  # anything else: assume it may have been sent
             raise PlivoDropped(type(exc).__name__) from None
 
     async def send_mms(self, mms: OutboundMms, *, timeout: float) -> Accepted:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from app.errors import (
@@ -47,6 +47,11 @@ Outcome = Literal["rejected", "unknown"] | None
 def _with_outcome(error: AppError, outcome: Outcome) -> AppError:
     error.outcome = outcome  # type: ignore[attr-defined]
     return error
+
+
+def mark_unknown(error: AppError) -> AppError:
+    """This failure leaves the message's fate unknown: store it, reconcile it."""
+    return _with_outcome(error, "unknown")
 
 
 def outcome_of(error: AppError) -> Outcome:
@@ -166,9 +171,12 @@ class Sender:
         except CircuitOpen as exc:
             raise _circuit_open(exc) from None
 
-    async def send(self, mms: OutboundMms) -> Accepted:
+    async def send(
+        self, mms: OutboundMms, *, before_send: Callable[[], Awaitable[None]] | None = None
+    ) -> Accepted:
+        """`before_send` runs once the send holds a slot and the breaker let it through (the
+        limits that count only sends going on toward Plivo); raising there stops the send."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_seconds
         try:
             await asyncio.wait_for(self._slots.acquire(), timeout=SLOT_WAIT_SECONDS)
         except TimeoutError:
@@ -184,14 +192,17 @@ class Sender:
             if is_trial:
                 log.info("circuit_trial")
             try:
-                return await self._attempts(mms, deadline)
+                if before_send is not None:
+                    await before_send()
+                # The deadline starts once the send holds its slot (waiting is ≤ 1 s).
+                return await self._attempts(mms, loop.time() + self.timeout_seconds, is_trial)
             finally:
                 if is_trial:  # cancelled or finished: the next send may be the trial again
                     self.breaker.release_trial()
         finally:
             self._slots.release()
 
-    async def _attempts(self, mms: OutboundMms, deadline: float) -> Accepted:
+    async def _attempts(self, mms: OutboundMms, deadline: float, is_trial: bool) -> Accepted:
         loop = asyncio.get_running_loop()
         attempt = 0
         while True:
@@ -217,7 +228,7 @@ class Sender:
                 )
                 delay = self._retry_delay(exc, attempt, deadline - loop.time())
                 if delay is None:
-                    self.breaker.record(sick=_is_sick(exc))
+                    self.breaker.record(sick=_is_sick(exc), trial=is_trial)
                     raise map_plivo_error(exc) from None
                 log.info("plivo_retry", attempt=attempt, delay_s=round(delay, 3), error=str(exc))
             else:
@@ -229,7 +240,7 @@ class Sender:
                     api_id=accepted.api_id,
                     duration_ms=round((loop.time() - started) * 1000, 2),
                 )
-                self.breaker.record(sick=False)
+                self.breaker.record(sick=False, trial=is_trial)
                 return accepted
             finally:
                 self.in_flight -= 1

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from app.logging import get_logger
@@ -24,6 +25,7 @@ from app.store.migrate import migrate
 log = get_logger("app.store")
 T = TypeVar("T")
 MAX_BATCH = 500
+WRITE_TIMEOUT_SECONDS = 15.0  # a caller never waits longer than this for its commit
 
 
 class StoreUnavailable(Exception):
@@ -87,7 +89,6 @@ class GroupCommitWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._on_batch = on_batch
-        self.backlog = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="store-writer")
@@ -97,9 +98,14 @@ class GroupCommitWriter:
             raise StoreUnavailable("the store is closing")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((op, future))
-        self.backlog = len(self._queue)
         self._wake.set()
-        return await future
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT_SECONDS):
+                return await future
+        except TimeoutError:
+            # The op may still commit later: callers treat this like any store failure
+            # (an Idempotency-Key's lease covers a send whose record is late).
+            raise StoreUnavailable("the store did not commit in time") from None
 
     async def _run(self) -> None:
         while True:
@@ -107,7 +113,6 @@ class GroupCommitWriter:
             self._wake.clear()
             while self._queue:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-                self.backlog = len(self._queue)
                 await self._commit(batch)
             if self._closing:
                 return
@@ -118,14 +123,17 @@ class GroupCommitWriter:
             async with self._engine.begin() as conn:
                 results = await _run_batch(conn, [op for op, _ in batch])
         except Exception as exc:
-            if len(batch) > 1:  # isolate the op that failed; the others still commit
+            if len(batch) > 1 and isinstance(exc, IntegrityError | DataError):
+                # One op's data was refused: isolate it, the others still commit. (A
+                # database that is down fails the whole batch at once, below.)
                 for item in batch:
                     await self._commit([item])
                 return
-            log.error("store_write_failed", error=f"{type(exc).__name__}: {exc}")
-            future = batch[0][1]
-            if not future.done():
-                future.set_exception(StoreUnavailable(type(exc).__name__))
+            # Parameters are never logged (hide_parameters): they may hold message text.
+            log.error("store_write_failed", error=type(exc).__name__, ops=len(batch))
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(StoreUnavailable(type(exc).__name__))
             return
         if self._on_batch:
             self._on_batch(len(batch), time.perf_counter() - started)
@@ -154,7 +162,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable against a process crash in WAL
-    cursor.execute("PRAGMA busy_timeout=30000")  # several workers share one file
+    cursor.execute("PRAGMA busy_timeout=5000")  # several workers share one file
     cursor.close()
 
 
@@ -165,15 +173,19 @@ class Database:
         self.dialect = make_url(url).get_backend_name()
         if self.sqlite_path is not None:
             self.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-            self.engine = create_async_engine(url, pool_size=8, max_overflow=8)
+            self.engine = create_async_engine(
+                url, pool_size=8, max_overflow=8, pool_timeout=10, hide_parameters=True
+            )
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
             self.engine = create_async_engine(
                 url,
                 pool_size=10,
                 max_overflow=10,
+                pool_timeout=10,
                 pool_pre_ping=True,
-                connect_args={"timeout": 5, "command_timeout": 15},
+                hide_parameters=True,  # errors never carry values (message text) into logs
+                connect_args={"timeout": 5, "command_timeout": 10},
             )
         self.writer = GroupCommitWriter(self.engine, on_batch=on_batch)
 

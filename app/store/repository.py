@@ -9,7 +9,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, delete, func, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    SmallInteger,
+    String,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -103,16 +115,24 @@ async def _apply_events(conn: AsyncConnection, rows: Sequence[Any]) -> None:
 
 
 # Write ops -----------------------------------------------------------------------------------
+_rank = bindparam("f_rank", type_=SmallInteger)  # typed: asyncpg cannot infer them in CASE
 _finish_message = (
     update(messages)
     .where(messages.c.id == bindparam("f_id"))
     .values(
-        message_uuid=bindparam("f_uuid"),
-        api_id=bindparam("f_api_id"),
-        status=bindparam("f_status"),
-        status_rank=bindparam("f_rank"),
-        updated_at=bindparam("f_at"),
-        next_check_at=bindparam("f_next"),
+        message_uuid=func.coalesce(messages.c.message_uuid, bindparam("f_uuid", type_=String)),
+        api_id=func.coalesce(messages.c.api_id, bindparam("f_api_id", type_=String)),
+        # Never backwards, even here: reconciliation may have moved an outlived key's row.
+        status=case(
+            (messages.c.status_rank > _rank, messages.c.status),
+            else_=bindparam("f_status", type_=String),
+        ),
+        status_rank=case((messages.c.status_rank > _rank, messages.c.status_rank), else_=_rank),
+        updated_at=bindparam("f_at", type_=BigInteger),
+        next_check_at=case(
+            (messages.c.status_rank >= FINAL_RANK, None),
+            else_=bindparam("f_next", type_=BigInteger),
+        ),
     )
 )
 
@@ -216,6 +236,10 @@ _complete_idempotency = (
     .where(
         idempotency_keys.c.caller == bindparam("i_caller"),
         idempotency_keys.c.key == bindparam("i_key"),
+        # Still ours and in flight: a key whose lease expired already replays its stored
+        # unknown outcome, and a replay must not change afterwards.
+        idempotency_keys.c.message_id == bindparam("i_message_id"),
+        idempotency_keys.c.state == "in_flight",
     )
     .values(
         state="done",
