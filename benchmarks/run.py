@@ -354,7 +354,7 @@ def features(fake_url: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _fake(peer: Path) -> subprocess.Popen:
+def _fake(peer: Path, latency_ms: int = 0) -> subprocess.Popen:
     fake = subprocess.Popen(
         [
             "taskset",
@@ -368,6 +368,8 @@ def _fake(peer: Path) -> subprocess.Popen:
             AUTH_ID,
             "--auth-token",
             AUTH_TOKEN,
+            "--latency-ms",
+            str(latency_ms),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -424,16 +426,16 @@ def report(results: dict[str, Any]) -> str:
     if results.get("features"):
         lines += [
             "",
-            "Per-feature CPU (this service alone, upstream 0 ms, 50 connections, one "
-            "core; each row switches one feature off):",
+            "Per-feature cost (callgrind: instructions per send through the app in process, "
+            "sequential sends, each row switches one feature off):",
             "",
-            "| variant | CPU per send | saves | req/s |",
-            "|---|---|---|---|",
+            "| variant | instructions per send | saves |",
+            "|---|---|---|",
         ]
         for row in results["features"]:
             lines.append(
-                f"| {row['variant']} | {row['cpu_us_per_send']} µs | "
-                f"{row['saves_us']} µs | {row['rps']:.0f} |"
+                f"| {row['variant']} | {row['instructions_per_send']:,} | "
+                f"{row['saves_share']:.1%} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -476,7 +478,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "mms-bench"))
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite latest.md/png from latest.json"
+    )
     args = parser.parse_args()
+    if args.report_only:
+        write_report(json.loads((RESULTS / "latest.json").read_text()))
+        return
     chosen = args.scenarios.split(",")
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -509,6 +517,10 @@ def main() -> None:
             stop(fake)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
+    write_report(results)
+
+
+def write_report(results: dict[str, Any]) -> None:
     table = report(results)
     (RESULTS / "latest.md").write_text(table)
     if results.get("overhead") or results.get("concurrency"):
