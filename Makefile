@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench lock clean
+.PHONY: run test lint bench profile lock clean
 
 $(STAMP): requirements-dev.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -32,6 +32,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m compileall -q app
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
+# Where a send's CPU goes under scenario 1's load (py-spy): benchmarks/results/profile.md
+profile: $(STAMP)
+	$(PY) -m compileall -q app
+	$(PY) benchmarks/profile.py
 
 # Regenerate the lock files after changing pyproject.toml (needs `uv`: pip install uv).
 lock:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import os
+import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -45,7 +45,10 @@ def callback_url(settings: Settings) -> str | None:
 
 
 def new_message_id() -> str:
-    return os.urandom(16).hex()
+    # The row's key: unique, not secret (callers never see it). py-spy put 4 % of a send's
+    # CPU on os.urandom's getrandom() call here; random's generator is reseeded from
+    # os.urandom in every process (workers included), so ids stay unique fleet-wide.
+    return f"{random.getrandbits(128):032x}"
 
 
 def message_row(
