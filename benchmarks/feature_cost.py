@@ -2,11 +2,14 @@
 
     python benchmarks/feature_cost.py [--fake-url http://127.0.0.1:8765/v1]
 
-Timing one feature is hopeless on a shared, throttled VM (identical runs differ by 30 %),
-but instruction counts are repeatable: each variant sends SHORT and then LONG requests,
-one after the other, through the app's ASGI callable (no HTTP server) to a fake Plivo,
-and the difference divided by LONG - SHORT is its instructions per send — startup
-cancels out. Each row switches one feature off (the same switches as variant.py).
+Timing one feature is hopeless on a shared, throttled VM (identical runs differ by 30 %);
+instruction counts vary far less, though not to zero (under valgrind's slowdown the
+time-driven work — limit sweeps, the reconciler's polls, the writer thread's batching —
+runs a varying number of times: rows under ~5 % of a send moved by up to 7 points between
+two runs, the record and "everything off" rows by 2-4). Each variant sends SHORT and then
+LONG requests, one after the other, through the app's ASGI callable (no HTTP server) to
+a fake Plivo, and the difference divided by LONG - SHORT is its instructions per send —
+startup cancels out. Each row switches one feature off (the same switches as variant.py).
 Sequential sends commit one record per transaction, so `record` here is the dearest
 case; under load group commit shares the commit (see record_cost.py).
 """
