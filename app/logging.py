@@ -126,6 +126,9 @@ def configure_logging(*, level: str, fmt: str, secrets: Iterable[str] = ()) -> N
         lib_logger.propagate = True
     # Our own per-request line replaces uvicorn's access log.
     logging.getLogger("uvicorn.access").disabled = True
+    # Alembic's INFO lines ("setup plugin ...", ~10 per migration) say less than our own
+    # `migrated revision=...` line; its warnings and errors still show.
+    logging.getLogger("alembic").setLevel(max(numeric, logging.WARNING))
 
 
 def get_logger(name: str) -> Any:
