@@ -4,9 +4,9 @@
     make profile     (scenario 1; scenario 2 is --latency-ms 100 --connections 200)
 
 The service runs with every feature on (run.py's SERVICE_ENV) on CPU 0; the peer's fake
-Plivo (0 ms) and its load.sh (wrk, 50 connections, 10,000 client addresses, 1,000
-destinations) on CPU 1. py-spy records on-CPU samples of every thread without pausing the
-process; the collapsed stacks are then summed two ways and written to
+Plivo and its load.sh (wrk; 10,000 client addresses, 1,000 destinations) on CPU 1.
+py-spy records on-CPU samples of every thread without pausing the process; the collapsed
+stacks are then summed two ways and written to
 benchmarks/results/profile.md (profile-100ms.md for scenario 2):
 
 - by layer: each sample goes to the innermost package or module of ours on its stack
@@ -74,6 +74,7 @@ def record(duration: int, latency: int, connections: int, workdir: Path) -> Path
     }
     service = run.start_service(env, workdir / "profile-service.log")
     raw = workdir / "profile.txt"
+    loader: subprocess.Popen[str] | None = None
     try:
         run.wait_http(f"http://127.0.0.1:{run.PORT}/health")
         load_env = {
@@ -111,6 +112,8 @@ def record(duration: int, latency: int, connections: int, workdir: Path) -> Path
         out, _ = loader.communicate(timeout=duration + 60)
         print("load:", out.strip())
     finally:
+        if loader is not None and loader.poll() is None:
+            loader.kill()
         run.stop(service)
         run.stop(fake)
     return raw
