@@ -70,11 +70,47 @@ async def measure(url: str, records: int, concurrency: int) -> tuple[float, floa
     return cpu / records, mean_batch
 
 
+async def measure_raw(url: str, records: int, batch: int) -> float:
+    """The same rows and statements as RecordMessage, but each batch committed by one call
+    to a worker thread through sqlite3 itself — what replacing SQLAlchemy over aiosqlite in
+    the writer would save (README: Performance)."""
+    import sqlite3
+
+    db = Database(url)
+    await db.start()  # the schema
+    await db.close()
+    assert db.sqlite_path is not None
+    conn = sqlite3.connect(db.sqlite_path, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    columns = list(_row(0))
+    insert = f"INSERT INTO messages ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+    def commit(rows: list[dict]) -> None:
+        conn.execute("BEGIN")
+        conn.executemany(insert, [tuple(r.values()) for r in rows])
+        uuids = [r["message_uuid"] for r in rows]
+        marks = ", ".join("?" * len(uuids))
+        conn.execute(f"SELECT * FROM events WHERE message_uuid IN ({marks})", uuids).fetchall()
+        conn.execute("COMMIT")
+
+    cpu = time.process_time()
+    for start in range(0, records, batch):
+        await asyncio.to_thread(commit, [_row(i) for i in range(start, start + batch)])
+    cpu = time.process_time() - cpu
+    conn.close()
+    print(f"raw sqlite3, batches of {batch:3d}: {cpu / records * 1e6:7.1f} µs CPU per record")
+    return cpu / records
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 50, 200])
     parser.add_argument("--database-url", default="")
+    parser.add_argument(
+        "--raw", action="store_true", help="also: each batch through sqlite3 in one thread call"
+    )
     args = parser.parse_args()
     for concurrency in args.concurrency:
         url = args.database_url
@@ -82,6 +118,11 @@ def main() -> None:
             folder = Path(tempfile.mkdtemp())
             url = f"sqlite+aiosqlite:///{folder}/record.db"
         asyncio.run(measure(url, args.records, concurrency))
+        if args.raw and concurrency > 1 and not args.database_url:
+            folder = Path(tempfile.mkdtemp())
+            asyncio.run(
+                measure_raw(f"sqlite+aiosqlite:///{folder}/raw.db", args.records, concurrency)
+            )
 
 
 if __name__ == "__main__":
