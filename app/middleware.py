@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import re
 import time
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import InternalError, PayloadTooLarge, problem_response
+from app.ids import random_id
 from app.logging import get_logger
 
 MAX_BODY_BYTES = 64 * 1024
@@ -50,9 +50,7 @@ def request_id_from(scope: Scope) -> str:
             if _SAFE_REQUEST_ID.fullmatch(candidate):
                 return candidate
             break
-    # Not a secret, only unique: random's generator (seeded from os.urandom at start) is
-    # ~20x cheaper here than a getrandom() system call per request.
-    return f"{random.getrandbits(128):032x}"
+    return random_id()
 
 
 def route_template(scope: Scope) -> str:

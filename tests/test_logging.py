@@ -69,3 +69,17 @@ def test_debug_logs_leak_nothing(fake_plivo, tmp_path):
         assert {"request_id", "route", "status", "duration_ms", "timestamp", "level"} <= set(line)
     assert [r.get("caller") for r in requests] == ["alpha", None, "bravo", "bravo", "bravo"]
     assert any(line["level"] == "debug" for line in lines)  # debug really was on
+
+
+def test_alembic_logs_only_warnings_even_at_debug(capsys):
+    # Alembic says ~10 INFO lines per migration ("setup plugin ..."); our `migrated` line
+    # replaces them. Its warnings still reach the log.
+    import logging
+
+    from app.logging import configure_logging
+
+    configure_logging(level="debug", fmt="json")
+    logging.getLogger("alembic.runtime.plugins").info("setup plugin alembic.autogenerate")
+    logging.getLogger("alembic.runtime.migration").warning("something odd")
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["event"] for line in lines] == ["something odd"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +18,7 @@ from app.errors import (
     UpstreamError,
     problem_body,
 )
+from app.ids import random_id
 from app.logging import get_logger
 from app.mms.idempotency import ReleaseKey, TakeKey, fingerprint, lease_ms
 from app.mms.schemas import EventOut, MessageOut, SendRequest, SendResponse
@@ -42,13 +42,6 @@ log = get_logger("app.mms")
 def callback_url(settings: Settings) -> str | None:
     """Ask Plivo for status callbacks only when the service is reachable from outside."""
     return f"{settings.public_base_url}{CALLBACK_PATH}" if settings.public_base_url else None
-
-
-def new_message_id() -> str:
-    # The row's key: unique, not secret (callers never see it). py-spy put 4 % of a send's
-    # CPU on os.urandom's getrandom() call here; random's generator is reseeded from
-    # os.urandom in every process (workers included), so ids stay unique fleet-wide.
-    return f"{random.getrandbits(128):032x}"
 
 
 def message_row(
@@ -113,7 +106,7 @@ async def send_mms(
     row = functools.partial(
         message_row,
         request,
-        message_id=new_message_id(),
+        message_id=random_id(),  # the row's key: callers never see it
         caller=caller,
         request_id=request_id,
         settings=settings,
