@@ -1,7 +1,7 @@
 """/docs: Swagger UI served from vendored files, so the API docs work offline.
 
 FastAPI's default /docs page loads Swagger UI's JavaScript and CSS from a CDN (jsdelivr);
-the SPEC wants /docs to work without one (air-gapped hosts, strict egress, no third party
+/docs must work without one (air-gapped hosts, strict egress, no third party
 seeing who reads our docs). The assets come from the npm package swagger-ui-dist,
 vendored into app/static/swagger-ui/ by scripts/vendor-swagger-ui.sh (version in VERSION).
 """

@@ -115,7 +115,7 @@ class Verdict:
 
 
 class LimitStore:
-    """One storage for every limit, with the SPEC's fallback.
+    """One storage for every limit, falling back to process memory when Redis fails.
 
     When Redis fails, counting continues in process memory (each replica counts alone),
     `degraded` is True for /ready, and Redis is tried again every few seconds.

@@ -1,4 +1,4 @@
-"""`make bench`: every scenario of the performance issue, side by side with the Node peer.
+"""`make bench`: every performance scenario, side by side with the Node.js/Fastify peer.
 
     python benchmarks/run.py [--scenarios overhead,concurrency,callbacks,coldstart,features]
                              [--rounds 3] [--duration 10]
@@ -56,12 +56,21 @@ SERVICE_ENV = {
 
 # Peer and helpers --------------------------------------------------------------------------
 def prepare_peer(workdir: Path) -> Path:
-    """A writable copy of ../shared/peer with its dependencies installed (idempotent)."""
-    source = Path(os.environ.get("PEER_DIR", ROOT.parent / "shared" / "peer")).resolve()
+    """A working copy of benchmarks/peer/ with its dependencies installed (idempotent).
+
+    The copy keeps the installed .venv and node_modules (and compare.sh's runs/) out of the
+    repository; the sources are refreshed on every call, the installs only when missing.
+    """
+    source = Path(os.environ.get("PEER_DIR", HERE / "peer")).resolve()
     target = workdir / "peer"
-    if not (target / "compare.sh").exists():
-        shutil.copytree(source, target, dirs_exist_ok=True)
-        for path in target.rglob("*"):
+    shutil.copytree(
+        source,
+        target,
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("node_modules", ".venv", "runs", "__pycache__"),
+    )
+    for path in target.rglob("*"):
+        if not path.is_symlink():
             path.chmod(path.stat().st_mode | 0o200)
     subprocess.run([str(target / "setup.sh"), "--quiet"], check=True, timeout=900)
     return target
@@ -462,7 +471,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
         x = range(len(scenarios))
         peer = [results[k]["A"][metric] for k, _ in scenarios]
         ours = [results[k]["B"][metric] for k, _ in scenarios]
-        ax.bar([i - 0.2 for i in x], peer, width=0.4, label="Node peer")
+        ax.bar([i - 0.2 for i in x], peer, width=0.4, label="Node.js peer")
         ax.bar([i + 0.2 for i in x], ours, width=0.4, label="mms-gateway")
         ax.set_xticks(list(x), [n for _, n in scenarios])
         ax.set_title(title)

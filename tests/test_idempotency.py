@@ -97,7 +97,7 @@ async def test_bad_idempotency_key_is_422(client, fake_plivo, header):
     assert fake_plivo.sends() == []
 
 
-# SPEC's storage rule, row by row: (fake actions, first status, stored?)
+# The storage rule, row by row: (fake actions, first status, stored?)
 STORED = [
     ("2xx", [fp.ok()], 200, True),
     ("plivo 400", [fp.status(400, "bad number")], 400, True),

@@ -99,7 +99,7 @@ async def test_moving_window_never_lets_more_than_n_through(
 
 
 async def test_redis_unreachable_falls_back_to_memory(settings_factory, client_for, fake_plivo):
-    """SPEC: limits go on in process memory, sends go on, the store reports degraded."""
+    """Limits go on in process memory, sends go on, the store reports degraded."""
     url = f"redis://127.0.0.1:{free_port()}/0"
     settings = settings_factory(rate_limit="2/minute", rate_limit_storage_url=url)
     async with client_for(settings) as client:

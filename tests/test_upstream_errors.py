@@ -1,4 +1,4 @@
-"""Every upstream row of SPEC §3's error table, against the fake Plivo on real sockets."""
+"""Every upstream row of the error table (docs/api.md), against the fake Plivo on real sockets."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ ROWS = [
 
 @pytest.mark.parametrize(("actions", "status", "code", "calls", "has_api_id"), ROWS)
 async def test_upstream_row(client, fake_plivo, actions, status, code, calls, has_api_id):
-    """Plivo's answer maps to the SPEC's status and code; retries only where safe."""
+    """Plivo's answer maps to the documented status and code; retries only where safe."""
     fake_plivo.script(*actions)
     response = await client.post("/api/mms/send", json=VALID)
     body = response.json()

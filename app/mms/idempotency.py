@@ -2,7 +2,7 @@
 
 Keys are scoped per caller name and kept 24 h in the store, so they survive restarts and
 are shared by replicas. Exclusivity comes from the database — an INSERT that conflicts —
-never from an in-process lock. What is stored (SPEC §3): Plivo accepted (2xx), rejected for
+never from an in-process lock. What is stored: Plivo accepted (2xx), rejected for
 good (400/422), or the outcome is unknown; everything else releases the key.
 
 A keyed send also records its message row (status `unknown`) when the key is taken, so a
@@ -145,7 +145,7 @@ class TakeKey:
 
 @dataclass
 class ReleaseKey:
-    """Write op: the outcome is not stored; the same key may be retried (SPEC)."""
+    """Write op: the outcome is not stored; the same key may be retried."""
 
     caller: str
     key: str

@@ -99,7 +99,7 @@ class SendRequest(BaseModel):
 
 
 class SendResponse(BaseModel):
-    """The tutorial's shape, exactly: Plivo's 202 means queued, not delivered."""
+    """`message`, `messageUuid`, `apiId`: Plivo's 202 means queued, not delivered."""
 
     message: str = Field(examples=["message(s) queued"])
     messageUuid: list[str] = Field(examples=[["db3ce55a-7f1d-11e1-8ea7-1231380bc196"]])

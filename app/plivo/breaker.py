@@ -1,4 +1,4 @@
-"""Circuit breaker over sends (SPEC §3): consecutive sick outcomes open it; one trial closes it."""
+"""Circuit breaker over sends: consecutive sick outcomes open it; one trial closes it."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The Plivo client interface, its typed errors, and the aiohttp implementation.
 
 Hand-written rather than the `plivo` SDK because the SDK is synchronous (requests): in a
-thread pool it reached 0.47x the Node peer's throughput here, aiohttp 1.27x. aiohttp also
+thread pool it cannot keep up with an async client (docs/decisions/0001). aiohttp also
 tells "refused before sending" (ClientConnectorError) from "dropped after sending"
 (ServerDisconnectedError), which the no-double-send rule depends on; and it never retries
 a POST on a broken keep-alive connection (only idempotent methods).

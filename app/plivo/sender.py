@@ -1,4 +1,4 @@
-"""One send toward Plivo under the SPEC's rules: a total deadline, a concurrency cap, a
+"""One send toward Plivo: a total deadline, a concurrency cap, a
 circuit breaker, and retries only where Plivo certainly did not take the message."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ BACKOFF_BASE_SECONDS = 0.2
 BACKOFF_CAP_SECONDS = 2.0
 DEFAULT_RETRY_AFTER = 2
 
-# What a failed send leaves behind (SPEC §3 "What is stored").
+# What a failed send leaves behind: a rejection or an unknown outcome is stored, else nothing.
 Outcome = Literal["rejected", "unknown"] | None
 
 

@@ -1,6 +1,6 @@
 """The database: an async engine (SQLite or PostgreSQL) and a group-commit writer.
 
-One SQLAlchemy+aiosqlite commit costs ~0.7-1 ms of CPU — more than the Node peer's whole
+One SQLAlchemy+aiosqlite commit costs more CPU than the whole rest of a
 send — while rows committed together cost a fraction of that each. So every write goes
 through one writer task that commits whatever has queued up as one transaction, and each
 caller waits for its own batch's commit (no timer: a lone write commits at once).

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.store.db import BatchedOp
 from app.store.tables import callback_nonces, events, idempotency_keys, messages
 
-# SPEC order: unknown < queued < sent < final ones; the first final status stays.
+# Order: unknown < queued < sent < final ones; the first final status stays.
 STATUS_RANK = {
     "unknown": 0,
     "queued": 1,
@@ -41,7 +41,7 @@ STATUS_RANK = {
 }
 FINAL_RANK = 3
 
-# Meaning of Plivo's error codes (../shared/PLIVO.md §3.4).
+# Meaning of Plivo's error codes (https://www.plivo.com/docs/messaging/troubleshooting/error-codes).
 ERROR_MESSAGES = {
     "10": "Invalid message: rejected by the carrier (blank or too long)",
     "20": "Network error: temporary, retry later",

@@ -30,7 +30,7 @@ messages = Table(
     Column("media_count", SmallInteger, nullable=False),
     Column("text", Text),  # only with STORE_MESSAGE_TEXT
     Column("status", String(16), nullable=False),
-    Column("status_rank", SmallInteger, nullable=False),  # statuses only move up (SPEC order)
+    Column("status_rank", SmallInteger, nullable=False),  # only rises: unknown<queued<sent<final
     Column("error_code", String(8)),
     Column("idempotency_key", String(255)),
     Column("request_id", String(128)),
