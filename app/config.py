@@ -68,36 +68,166 @@ class Settings(BaseSettings):
         env_ignore_empty=True,  # `LOG_FORMAT=` (as in .env.example) means "the default"
     )
 
-    plivo_auth_id: str | None = None
-    plivo_auth_token: SecretStr | None = None
-    plivo_sender_number: str | None = None
-    plivo_api_url: str = "https://api.plivo.com/v1"
-    plivo_timeout_seconds: float = Field(10.0, gt=0, le=300)
-    plivo_max_concurrency: int = Field(100, ge=1, le=10_000)
-    circuit_failure_threshold: int = Field(5, ge=1)
-    circuit_reset_seconds: float = Field(30.0, gt=0)
-    shutdown_grace_seconds: float = Field(20.0, ge=0)
-    app_env: Literal["development", "production"] = "development"
-    host: str = "127.0.0.1"
-    port: int = Field(3000, ge=1, le=65535)
-    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
-    log_format: Literal["console", "json"] | None = None
-    web_concurrency: int = Field(1, ge=1, le=64)
-    metrics_token: SecretStr | None = None
-    api_keys: Annotated[tuple[ApiKey, ...], NoDecode] = ()
-    rate_limit: str = "100/minute"
-    rate_limit_per_destination: str = "10/hour"
-    daily_quota_per_key: int = Field(0, ge=0)
-    rate_limit_storage_url: str = "memory://"
-    database_url: str = "sqlite+aiosqlite:///./data/mms.db"
-    reconcile_after_seconds: float = Field(600.0, ge=0)
-    reconcile_give_up_hours: float = Field(72.0, gt=0)
-    retention_days: float = Field(90.0, gt=0)
-    store_message_text: bool = False
-    docs_enabled: bool | None = None
-    forwarded_allow_ips: str = "127.0.0.1,::1"
-    reconcile_rate: float = Field(1.0, gt=0, le=100)
-    public_base_url: str = ""
+    plivo_auth_id: str | None = Field(
+        None,
+        description=(
+            "Plivo auth id from the Plivo console. Set both PLIVO_AUTH_ID and PLIVO_AUTH_TOKEN, or"
+            " neither (neither = sandbox mode, development only). Never logged."
+        ),
+    )
+    plivo_auth_token: SecretStr | None = Field(
+        None,
+        description=(
+            "Plivo auth token; also the key that verifies callback signatures. Never logged."
+        ),
+    )
+    plivo_sender_number: str | None = Field(
+        None,
+        description=(
+            "MMS-enabled sender number you own on Plivo, E.164 (e.g. +14155550000). Required with "
+            "credentials; the sandbox uses +14155550000."
+        ),
+    )
+    plivo_api_url: str = Field(
+        "https://api.plivo.com/v1",
+        description=(
+            "Base URL of Plivo's API, /v1 included (tests and benchmarks point it at a local fake)."
+        ),
+    )
+    plivo_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description=(
+            "Total deadline of one send toward Plivo, retries and backoff included (seconds)."
+        ),
+    )
+    plivo_max_concurrency: int = Field(
+        100,
+        ge=1,
+        le=10_000,
+        description=(
+            "Calls to Plivo in flight at once, per process: Plivo's account limit divided by the "
+            "fleet's processes."
+        ),
+    )
+    circuit_failure_threshold: int = Field(
+        5,
+        ge=1,
+        description=(
+            "Consecutive sick sends (5xx, timeouts, connection failures) that open the circuit "
+            "breaker."
+        ),
+    )
+    circuit_reset_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds an open breaker waits before it lets one trial send through.",
+    )
+    shutdown_grace_seconds: float = Field(
+        20.0,
+        ge=0,
+        description=(
+            "How long SIGTERM waits for in-flight requests (seconds; `python -m app` only, plain "
+            "uvicorn takes --timeout-graceful-shutdown)."
+        ),
+    )
+    app_env: Literal["development", "production"] = Field(
+        "development",
+        description=(
+            "`development` or `production`; production refuses to start without Plivo credentials,"
+            " sender number and API keys."
+        ),
+    )
+    host: str = Field("127.0.0.1", description="Listen address (the container image sets 0.0.0.0).")
+    port: int = Field(3000, ge=1, le=65535, description="Listen port.")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", description="debug, info, warning, error or critical."
+    )
+    log_format: Literal["console", "json"] | None = Field(
+        None,
+        description="`console` or `json`; empty means console in development, json in production.",
+    )
+    web_concurrency: int = Field(
+        1, ge=1, le=64, description="Worker processes started by `python -m app`."
+    )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description=(
+            "When set, /metrics wants `Authorization: Bearer <token>`; empty leaves /metrics open."
+        ),
+    )
+    api_keys: Annotated[tuple[ApiKey, ...], NoDecode] = Field(
+        (),
+        description=(
+            "Caller keys, comma-separated: `name:secret` or a bare secret (at least 16 "
+            "characters). Empty turns auth off (refused in production)."
+        ),
+    )
+    rate_limit: str = Field(
+        "100/minute",
+        description=(
+            "Per-client-IP limit on the send route (limits syntax, moving window), e.g. 100/minute."
+        ),
+    )
+    rate_limit_per_destination: str = Field(
+        "10/hour", description="Sends to one destination number across all callers (moving window)."
+    )
+    daily_quota_per_key: int = Field(
+        0, ge=0, description="Sends per API key per UTC day; 0 turns the quota off."
+    )
+    rate_limit_storage_url: str = Field(
+        "memory://",
+        description=(
+            "Where limits are counted: memory:// (per process) or redis://host:6379/0 (shared by "
+            "every replica)."
+        ),
+    )
+    database_url: str = Field(
+        "sqlite+aiosqlite:///./data/mms.db",
+        description=(
+            "Message and idempotency store: sqlite+aiosqlite:///path (one machine) or "
+            "postgresql+asyncpg://user@host/db (several replicas)."
+        ),
+    )
+    reconcile_after_seconds: float = Field(
+        600.0,
+        ge=0,
+        description="Ask Plivo about a message with no final status after this many seconds.",
+    )
+    reconcile_give_up_hours: float = Field(
+        72.0,
+        gt=0,
+        description="Stop asking about a message after this many hours and settle it as it is.",
+    )
+    retention_days: float = Field(
+        90.0, gt=0, description="Messages and their events older than this are purged (days)."
+    )
+    store_message_text: bool = Field(
+        False, description="Keep the message text in the store (off for privacy)."
+    )
+    docs_enabled: bool | None = Field(
+        None,
+        description=(
+            "Serve /docs and /openapi.json; empty means on in development, off in production."
+        ),
+    )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1,::1",
+        description=(
+            "Proxies whose X-Forwarded-For is trusted (comma-separated IPs or CIDRs; never `*`)."
+        ),
+    )
+    reconcile_rate: float = Field(
+        1.0, gt=0, le=100, description="Plivo lookups per second per process for reconciliation."
+    )
+    public_base_url: str = Field(
+        "",
+        description=(
+            "Externally reachable base URL; when set, sends ask Plivo to POST status callbacks to "
+            "{PUBLIC_BASE_URL}/api/mms/status, and callback signatures are checked against it."
+        ),
+    )
 
     @field_validator("log_level", "app_env", "log_format", mode="before")
     @classmethod

@@ -48,7 +48,7 @@ def params(message_uuid, status, sequence=None, **extra):
 
 
 def test_sdk_helpers_build_the_documented_strings():
-    """Our V3 input strings are the ones PLIVO.md verified against both SDKs."""
+    """Our V3 input strings are the ones both Plivo SDKs (Python and Node.js) sign."""
     body = {"To": "14155550100", "From": "14155550199", "Status": "delivered"}
     assert construct_post_url("https://example.com/cb", dict(body)).decode() == (
         "https://example.com/cb?From14155550199StatusdeliveredTo14155550100"
