@@ -19,7 +19,7 @@ from app.plivo.client import (
     PlivoTimeout,
 )
 
-# Last four digits of `to` -> what happens (README "Sandbox mode").
+# Last four digits of `to` -> what happens (docs/api.md, "Sandbox mode").
 SEND_FAILURES: dict[str, Callable[[str], PlivoError]] = {
     "0400": lambda to: PlivoHTTPError(400, f"'{to}' is not a valid phone number."),
     "0401": lambda to: PlivoHTTPError(401, "Authentication credentials invalid"),

@@ -41,7 +41,7 @@ STATUS_RANK = {
 }
 FINAL_RANK = 3
 
-# Meaning of Plivo's error codes (https://www.plivo.com/docs/messaging/troubleshooting/error-codes).
+# Meaning of Plivo's error codes (https://plivo.com/docs/messaging/troubleshooting/error-codes).
 ERROR_MESSAGES = {
     "10": "Invalid message: rejected by the carrier (blank or too long)",
     "20": "Network error: temporary, retry later",
