@@ -73,7 +73,7 @@ async def measure(url: str, records: int, concurrency: int) -> tuple[float, floa
 async def measure_raw(url: str, records: int, batch: int) -> float:
     """The same rows and statements as RecordMessage, but each batch committed by one call
     to a worker thread through sqlite3 itself — what replacing SQLAlchemy over aiosqlite in
-    the writer would save (README: Performance)."""
+    the writer would save (benchmarks/README.md, "Why the targets are missed")."""
     import sqlite3
 
     db = Database(url)
