@@ -107,7 +107,9 @@ def main(argv: list[str]) -> int:
     if "--check" in argv:
         stale = stale_files()
         for path in stale:
-            print(f"{path.relative_to(ROOT)} disagrees with Settings: run python -m app.config_docs")
+            print(
+                f"{path.relative_to(ROOT)} disagrees with Settings: run python -m app.config_docs"
+            )
         return 1 if stale else 0
     document = CONFIGURATION_MD.read_text(encoding="utf-8")
     CONFIGURATION_MD.write_text(splice(document, render_table()), encoding="utf-8")

@@ -10,7 +10,7 @@ from tests.conftest import SENDER, VALID
 from tests.fakeplivo import AUTH_ID, AUTH_TOKEN, FakePlivo
 
 
-async def test_success_returns_message_uuid_and_api_id(client: httpx.AsyncClient, fake_plivo: FakePlivo):
+async def test_success_returns_the_queued_shape(client: httpx.AsyncClient, fake_plivo: FakePlivo):
     """A 202 from Plivo becomes 200 with exactly message, messageUuid, apiId."""
     response = await client.post("/api/mms/send", json=VALID)
     assert response.status_code == 200
