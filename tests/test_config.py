@@ -101,7 +101,7 @@ def test_production_is_never_sandbox(monkeypatch):
         load_settings(_env_file=None)
 
 
-def test_defaults_match_the_spec(monkeypatch):
+def test_defaults_are_the_documented_ones(monkeypatch):
     for key, value in GOOD.items():
         monkeypatch.setenv(key, value)
     s = load_settings(_env_file=None)
