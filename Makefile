@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench profile lock clean
+.PHONY: run test fuzz coverage lint bench profile lock clean
 
 $(STAMP): requirements-dev.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -21,8 +21,19 @@ run: $(STAMP)
 	$(PY) -m compileall -q app
 	$(PY) -m app
 
+# Two workers (pytest-xdist): the suite waits on subprocesses and sockets more than on CPU.
+# The fleet tests share fixed ports, so they run in one group on one worker.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+
+# Schemathesis with 100 examples per operation (`make test` runs 25); CI runs both.
+fuzz: $(STAMP)
+	SCHEMATHESIS_EXAMPLES=100 $(PY) -m pytest tests/test_schemathesis.py
+
+# Line coverage of app/ by the in-process tests (subprocesses are not traced).
+coverage: $(STAMP)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --cov=app --cov-report=term
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check app tests benchmarks

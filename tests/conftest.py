@@ -143,6 +143,13 @@ def _redis_available(url: str) -> bool:
         return False
 
 
+def _worker_redis_url() -> str:
+    """Database 11 for the first pytest-xdist worker (or no xdist), 10 for the second, ...:
+    workers never flush each other's keys (the fleet tests use 12-15)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return f"redis://127.0.0.1:6379/{11 - int(worker.removeprefix('gw'))}"
+
+
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """A private Redis database on the machine's real server, flushed before and after.
@@ -151,7 +158,7 @@ def redis_url() -> Iterator[str]:
     """
     import redis
 
-    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+    url = os.environ.get("TEST_REDIS_URL") or _worker_redis_url()
     if not _redis_available(url):
         if os.environ.get("CI") == "true":
             pytest.fail(f"Redis is required in CI but {url} is unreachable")

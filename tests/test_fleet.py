@@ -19,7 +19,8 @@ from tests.conftest import KEY_A, VALID
 from tests.fleet import RedisServer, require
 from tests.server import free_port
 
-pytestmark = pytest.mark.e2e
+# One fleet at a time (fixed ports): under pytest-xdist, all fleet tests on one worker.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("fleet")]
 
 AUTH = {"Authorization": f"Bearer {KEY_A}"}
 _numbers = itertools.count(2000)

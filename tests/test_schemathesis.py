@@ -5,6 +5,7 @@ expressible in JSON Schema."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -17,7 +18,8 @@ from tests.server import ROOT
 
 pytestmark = pytest.mark.e2e
 ARTEFACTS = ROOT / "test-artifacts"
-EXAMPLES_PER_OPERATION = 100
+# `make test` runs a quick pass; `make fuzz` (CI runs both) the thorough one.
+EXAMPLES_PER_OPERATION = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "25"))
 
 
 def test_live_schema_holds(server_factory, fake_plivo):
@@ -60,4 +62,4 @@ def test_live_schema_holds(server_factory, fake_plivo):
     generated = re.search(r"(\d+) generated", output)
     print(f"schemathesis: {generated.group(0) if generated else '?'} test cases")
     assert result.returncode == 0, output[-4000:]
-    assert generated and int(generated.group(1)) >= 300
+    assert generated and int(generated.group(1)) >= 3 * EXAMPLES_PER_OPERATION
