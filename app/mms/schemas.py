@@ -119,13 +119,11 @@ class SendRequest(BaseModel):
         list[MediaUrl],
         Field(min_length=1, max_length=10, description="1–10 absolute http(s) URLs, ≤ 2048 chars"),
     ]
-    text: Annotated[
-        StrictStr, Field(min_length=1, max_length=1600), AfterValidator(message_text)
-    ]
+    text: Annotated[StrictStr, Field(min_length=1, max_length=1600), AfterValidator(message_text)]
 
 
 class SendResponse(BaseModel):
-    """The tutorial's shape, exactly: Plivo's 202 means queued, not delivered."""
+    """Exactly these three keys. Plivo's 202 means queued, not delivered."""
 
     message: str = Field(examples=["message(s) queued"])
     messageUuid: list[str] = Field(examples=[["db3ce55a-7f1d-11e1-8ea7-1231380bc196"]])
