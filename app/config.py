@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
+import math
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -15,6 +17,33 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from app.mms.schemas import E164
 
 SANDBOX_SENDER = "+14155550000"
+MIN_SECRET_LENGTH = 16
+# Secrets arrive in HTTP headers, which carry ASCII reliably and nothing else: a secret
+# outside printable ASCII (or with a space) could never be presented, so it is refused.
+_HEADER_SAFE = re.compile(r"[!-~]+")
+MIN_RETENTION_DAYS = 1.0
+MAX_RETENTION_DAYS = 36_500.0
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 (or ::ffff:127.x) and `localhost`: reachable from this machine only."""
+    host = host.strip().removeprefix("[").removesuffix("]").lower()
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return (mapped or address).is_loopback
+
+
+def check_secret(secret: str, what: str) -> None:
+    """A secret a caller presents in a header: long enough, and presentable at all."""
+    if not _HEADER_SAFE.fullmatch(secret):
+        raise ValueError(f"{what} must be printable ASCII without spaces (header-safe)")
+    if len(secret) < MIN_SECRET_LENGTH:
+        raise ValueError(f"{what} is shorter than {MIN_SECRET_LENGTH} characters")
 
 
 class ConfigError(Exception):
@@ -40,12 +69,17 @@ def parse_api_keys(raw: str) -> tuple[ApiKey, ...]:
             raise ValueError("each entry must be `name:secret` or a bare secret")
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
             raise ValueError("key names may use A-Z a-z 0-9 . _ - (at most 64)")
-        if len(secret) < 16:
-            raise ValueError(f"the secret of key {name!r} is shorter than 16 characters")
+        check_secret(secret, f"the secret of key {name!r}")
         keys.append(ApiKey(name, secret))
     names = [k.name for k in keys]
     if len(set(names)) != len(names):
         raise ValueError("key names must be unique")
+    # One secret under two names would authenticate as only one of them: a mistake.
+    seen: dict[str, str] = {}
+    for key in keys:
+        if key.secret in seen:
+            raise ValueError(f"keys {seen[key.secret]!r} and {key.name!r} share one secret")
+        seen[key.secret] = key.name
     return tuple(keys)
 
 
@@ -248,6 +282,31 @@ class Settings(BaseSettings):
             raise ValueError("must be an E.164 number such as +14155550100")
         return value.strip() if value else value
 
+    @field_validator("plivo_auth_id", "plivo_auth_token", mode="after")
+    @classmethod
+    def _plivo_credential_is_ascii(cls, value: str | SecretStr | None) -> Any:
+        # HTTP Basic auth toward Plivo: anything but printable ASCII is a paste error.
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if raw is not None and not _HEADER_SAFE.fullmatch(raw):
+            raise ValueError("must be printable ASCII without spaces")
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_secret(value.get_secret_value(), "the token")
+        return value
+
+    @field_validator("retention_days")
+    @classmethod
+    def _retention(cls, value: float) -> float:
+        # Final messages and callback nonces live this long: under a day, a captured
+        # callback could be replayed within hours and callers lose their lookups.
+        if not math.isfinite(value) or not MIN_RETENTION_DAYS <= value <= MAX_RETENTION_DAYS:
+            raise ValueError(f"must be between {MIN_RETENTION_DAYS:g} and {MAX_RETENTION_DAYS:g}")
+        return value
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _parse_keys(cls, value: Any) -> Any:
@@ -305,6 +364,64 @@ class Settings(BaseSettings):
             raise ConfigError("PLIVO_SENDER_NUMBER: required with Plivo credentials")
         return self
 
+    @model_validator(mode="after")
+    def _exposure_rules(self) -> Settings:
+        """Refusals that hold in every environment: a forgotten APP_ENV must not open a paid
+        API to the network, and a secret serves one purpose."""
+        live = self.plivo_auth_id is not None
+        if live and not self.api_keys and not is_loopback(self.host):
+            raise ConfigError(
+                f"API_KEYS: required when Plivo credentials are set and HOST={self.host} is "
+                "not a loopback address (anyone reaching the port could send at the "
+                "account's cost); set API_KEYS, or HOST=127.0.0.1"
+            )
+        key_secrets = {key.secret for key in self.api_keys}
+        metrics = self.metrics_token.get_secret_value() if self.metrics_token else None
+        if metrics is not None and metrics in key_secrets:
+            raise ConfigError("METRICS_TOKEN: must not be one of the API_KEYS secrets")
+        if self.auth_token and self.auth_token in key_secrets | {metrics}:
+            raise ConfigError(
+                "PLIVO_AUTH_TOKEN: must not be reused as an API_KEYS secret or METRICS_TOKEN"
+            )
+        if self.is_production:
+            if len(self.auth_token) < MIN_SECRET_LENGTH:  # Plivo issues 40 characters
+                raise ConfigError(
+                    f"PLIVO_AUTH_TOKEN: shorter than {MIN_SECRET_LENGTH} characters; "
+                    "not a Plivo auth token"
+                )
+            if self.plivo_api_url_in_clear:
+                raise ConfigError(
+                    "PLIVO_API_URL: must be https:// when APP_ENV=production (the credentials "
+                    "go with every request); http:// only to a loopback host"
+                )
+        return self
+
+    def startup_warnings(self) -> list[str]:
+        """Risky but legitimate settings, logged loudly at startup (see docs/security.md)."""
+        warnings = []
+        if self.is_production and self.metrics_token is None:
+            warnings.append(
+                "METRICS_TOKEN is empty: /metrics is open to anyone who reaches the port; "
+                "set it unless only a private network can reach /metrics"
+            )
+        if self.is_production and _trusts_everyone(self.forwarded_allow_ips):
+            warnings.append(
+                "FORWARDED_ALLOW_IPS trusts every peer: a client can choose its own address "
+                "in X-Forwarded-For and escape the per-client limit; list the proxies"
+            )
+        if self.plivo_auth_id is not None and self.plivo_api_url_in_clear:
+            warnings.append(  # development only: production refuses it
+                "PLIVO_API_URL is http:// to a host that is not loopback: the Plivo "
+                "credentials cross the network in clear (refused in production)"
+            )
+        return warnings
+
+    @property
+    def plivo_api_url_in_clear(self) -> bool:
+        """http:// to anything but this machine: Basic auth would cross a network."""
+        url = urlsplit(self.plivo_api_url)
+        return url.scheme != "https" and not is_loopback(url.hostname or "")
+
     # Derived values ---------------------------------------------------------------
     @property
     def is_production(self) -> bool:
@@ -338,6 +455,19 @@ class Settings(BaseSettings):
         if self.metrics_token:
             values.append(self.metrics_token.get_secret_value())
         return [v for v in values if len(v) >= 4]
+
+
+def _trusts_everyone(forwarded_allow_ips: str) -> bool:
+    """`*`, or a network of every address (0.0.0.0/0, ::/0), among uvicorn's entries."""
+    for entry in (part.strip() for part in forwarded_allow_ips.split(",")):
+        if entry == "*":
+            return True
+        try:
+            if ipaddress.ip_network(entry, strict=False).prefixlen == 0:
+                return True
+        except ValueError:
+            continue  # a host or a socket path: uvicorn matches it literally
+    return False
 
 
 def _describe(error: ValidationError) -> str:

@@ -144,6 +144,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
     if not app.state.auth.enabled:
         log.warning("API_KEYS is empty: authentication is off (development only)")
+    for warning in settings.startup_warnings():  # risky settings: docs/security.md
+        log.warning(warning)
     log.info("started", mode=client.mode, env=settings.app_env, store=db.dialect)
     try:
         yield

@@ -11,6 +11,7 @@ here are `limits`' own; only the fallback and the HTTP plumbing are ours.
 from __future__ import annotations
 
 import bisect
+import ipaddress
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -275,6 +276,25 @@ class Limits:
         )
 
 
+def client_key(host: str) -> str:
+    """The per-IP bucket of a client address: IPv4 as is, IPv6 by its /64.
+
+    One IPv6 subscriber (a home, a VM) routinely holds a whole /64, so a bucket per
+    address would give one client 2^64 buckets. An IPv4-mapped IPv6 address
+    (`::ffff:192.0.2.1`, a dual-stack socket) is its IPv4 address. Anything that is not an
+    address (no client, a proxy's odd value) is its own bucket.
+    """
+    if ":" not in host:
+        return host  # IPv4 (the common case): no parsing on the hot path
+    try:
+        address = ipaddress.IPv6Address(host)
+    except ValueError:
+        return host
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
+
+
 class ClientRateLimitMiddleware:
     """Per-client-IP limit on the send route, counted before routing and validation.
 
@@ -292,7 +312,7 @@ class ClientRateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
-        verdict = await self.limits.check_client(client[0] if client else "unknown")
+        verdict = await self.limits.check_client(client_key(client[0]) if client else "unknown")
         if not verdict.allowed:
             if self.limits.on_reject:
                 self.limits.on_reject("ip")

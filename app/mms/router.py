@@ -7,13 +7,20 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import AfterValidator, ValidationError
 from starlette.responses import Response
 
 from app import errors
 from app.deps import CallerDep, ServicesDep, get_caller, get_services
 from app.mms import service
-from app.mms.schemas import MessageOut, MessagePage, SendRequest, SendResponse
+from app.mms.schemas import (
+    MessageOut,
+    MessagePage,
+    SendRequest,
+    SendResponse,
+    printable_ascii,
+    us_ca_number,
+)
 from app.store import repository
 
 router = APIRouter(prefix="/api/mms", tags=["mms"])
@@ -128,6 +135,11 @@ async def send_mms(request: Request) -> Response:
 
 
 LOOKUP_ERRORS = (errors.Unauthorized, errors.NotFound, errors.InternalError)
+# Filters follow the rules of what was stored: a number as a send's `to` (canonical, US/CA),
+# a key as the Idempotency-Key header. Anything else -- a NUL or another control character
+# included -- is a 422 here rather than a query the store refuses.
+ListedNumber = Annotated[str, AfterValidator(us_ca_number)]
+ListedIdempotencyKey = Annotated[str, AfterValidator(printable_ascii)]
 STATUSES = "unknown|queued|sent|delivered|undelivered|failed|rejected|not_sent"
 
 
@@ -141,16 +153,22 @@ STATUSES = "unknown|queued|sent|delivered|undelivered|failed|rejected|not_sent"
 async def list_messages(
     caller: CallerDep,
     services: ServicesDep,
-    to: Annotated[str | None, Query(max_length=16, description="E.164 destination")] = None,
+    to: Annotated[
+        ListedNumber | None,
+        Query(max_length=16, description="Destination, canonical E.164 (as sent)"),
+    ] = None,
     status: Annotated[str | None, Query(pattern=f"^({STATUSES})$")] = None,
     since: Annotated[datetime | None, Query(description="ISO 8601; created at or after")] = None,
-    idempotencyKey: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
+    idempotencyKey: Annotated[
+        ListedIdempotencyKey | None,
+        Query(min_length=1, max_length=255, description="1-255 printable ASCII characters"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200, description="From `nextCursor`")] = None,
 ) -> MessagePage:
     """Only messages sent with the caller's own key; paginated by an opaque cursor."""
-    position = repository.decode_cursor(cursor) if cursor else None
-    if cursor and position is None:
+    position = repository.decode_cursor(cursor) if cursor is not None else None
+    if cursor is not None and position is None:  # an empty one too: never a first page again
         raise errors.invalid(("query", "cursor"), "not a cursor from this service")
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)

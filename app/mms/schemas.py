@@ -22,6 +22,11 @@ MMS_REGIONS = frozenset({"US", "CA"})
 MAX_URL_LENGTH = 2048
 _http_url = TypeAdapter(AnyHttpUrl)
 _SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
+# C0 control characters other than tab, LF and CR: never meaningful in a message, and NUL
+# is one PostgreSQL cannot store (a text column refuses it) -- so they are a 422, not a
+# send that reaches Plivo and then fails to be recorded.
+_CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_PRINTABLE_ASCII = re.compile(r"[ -~]{1,255}")
 
 
 @lru_cache(maxsize=8192)
@@ -32,6 +37,12 @@ def _number_problem(number: str) -> str | None:
         parsed = phonenumbers.parse(number, None)
     except phonenumbers.NumberParseException:
         return "must be an E.164 number such as +14155550100"
+    # libphonenumber forgives some spellings (`+112015550177`: the national prefix 1 is
+    # dropped). Accepting them would make one recipient several limit buckets and send
+    # Plivo a form it may read differently: only the canonical spelling is accepted.
+    canonical = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    if canonical != number:
+        return f"must be in canonical E.164 form ({canonical})"
     if not phonenumbers.is_valid_number(parsed):
         return "is not a valid phone number"
     if phonenumbers.region_code_for_number(parsed) not in MMS_REGIONS:
@@ -43,6 +54,19 @@ def us_ca_number(value: str) -> str:
     problem = _number_problem(value)
     if problem:
         raise ValueError(problem)
+    return value
+
+
+def message_text(value: str) -> str:
+    if _CONTROL_IN_TEXT.search(value):
+        raise ValueError("must not contain control characters (tab, CR and LF are allowed)")
+    return value
+
+
+def printable_ascii(value: str) -> str:
+    """1-255 printable ASCII characters: the Idempotency-Key rule, for the listing filter."""
+    if not _PRINTABLE_ASCII.fullmatch(value):
+        raise ValueError("must be 1-255 printable ASCII characters")
     return value
 
 
@@ -95,7 +119,7 @@ class SendRequest(BaseModel):
         list[MediaUrl],
         Field(min_length=1, max_length=10, description="1–10 absolute http(s) URLs, ≤ 2048 chars"),
     ]
-    text: Annotated[StrictStr, Field(min_length=1, max_length=1600)]
+    text: Annotated[StrictStr, Field(min_length=1, max_length=1600), AfterValidator(message_text)]
 
 
 class SendResponse(BaseModel):
