@@ -189,7 +189,11 @@ async def _take_key(
             caller=caller,
             key=key,
             fingerprint=fingerprint(request.model_dump()),
-            lease_ms=lease_ms(settings.plivo_timeout_seconds, settings.shutdown_grace_seconds),
+            # The send's longest life: its pacing wait, then the deadline (then the grace).
+            lease_ms=lease_ms(
+                settings.pacing_max_wait_seconds + settings.plivo_timeout_seconds,
+                settings.shutdown_grace_seconds,
+            ),
             message_row=message,
         )
     )
