@@ -262,6 +262,20 @@ class Settings(BaseSettings):
             "{PUBLIC_BASE_URL}/api/mms/status, and callback signatures are checked against it."
         ),
     )
+    send_rate: str = Field(
+        "50/second",
+        description="Sends toward Plivo: `0` (off) or `<decimal>/<second|minute|hour>` "
+        "(`0.25/second`, `50/minute`); a burst of one second's worth (at least 1) goes "
+        "through without waiting. Fleet-wide when RATE_LIMIT_STORAGE_URL is Redis; with "
+        "`memory://` each of WEB_CONCURRENCY workers paces at SEND_RATE / WEB_CONCURRENCY. "
+        "Set it to the Plivo account's MMS throughput (docs/pacing.md).",
+    )
+    pacing_max_wait_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="How long a synchronous send may wait for its pacing slot; beyond it "
+        "the send is refused at once with 503 `send_rate_exceeded` and `Retry-After`.",
+    )
 
     @field_validator("log_level", "app_env", "log_format", mode="before")
     @classmethod
@@ -316,6 +330,14 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_limit(cls, value: str) -> str:
         return _check_limit(value)
+
+    @field_validator("send_rate")
+    @classmethod
+    def _valid_send_rate(cls, value: str) -> str:
+        from app.pacing import parse_rate
+
+        parse_rate(value)
+        return value.strip()
 
     @field_validator("plivo_api_url", "public_base_url")
     @classmethod
@@ -434,6 +456,13 @@ class Settings(BaseSettings):
     @property
     def effective_docs_enabled(self) -> bool:
         return self.docs_enabled if self.docs_enabled is not None else not self.is_production
+
+    @property
+    def send_rate_per_second(self) -> float:
+        """SEND_RATE in sends per second; 0.0 when pacing is off."""
+        from app.pacing import parse_rate
+
+        return parse_rate(self.send_rate)
 
     @property
     def sandbox(self) -> bool:

@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.config import Settings
+from app.pacing import Pacer
 from app.plivo.sender import Sender
 from app.ratelimit import Limits
 from app.store.db import Database
@@ -26,6 +27,7 @@ class Services:
     sender: Sender
     limits: Limits
     db: Database
+    pacer: Pacer | None = None  # None: SEND_RATE=0, pacing off
 
 
 async def get_services(request: Request) -> Services:

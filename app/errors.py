@@ -93,6 +93,14 @@ ServiceUnavailable = _error(503, "service_unavailable", "A dependency of the ser
 NotReady = _error(503, "not_ready", "This replica is not ready")
 
 
+class SendRateExceeded(AppError):
+    """No pacing slot within PACING_MAX_WAIT_SECONDS (`Retry-After`: seconds until one)."""
+
+    status = 503
+    code = "send_rate_exceeded"
+    title = "Sends toward Plivo are at the configured rate"
+
+
 def invalid(location: tuple[str, ...], message: str) -> RequestValidationError:
     """A 422 `validation_error` for one field that the models did not check themselves."""
     return RequestValidationError(

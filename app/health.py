@@ -33,7 +33,7 @@ class Readiness(BaseModel):
     degraded: list[str] = Field(
         examples=[["rate_limit_storage"]],
         description="What is impaired but does not stop this replica: `rate_limit_storage` "
-        "(Redis down, counting in memory), `circuit_open` (Plivo failing)",
+        "(Redis down: limits and pacing count in this process), `circuit_open` (Plivo failing)",
     )
 
 

@@ -34,6 +34,7 @@ from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.mms.router import router as mms_router
 from app.mms.router import send_mms
 from app.mms.schemas import SendRequest
+from app.pacing import Pacer
 from app.paths import CALLBACK_PATH, SEND_PATH
 from app.plivo.breaker import CircuitBreaker
 from app.plivo.client import AiohttpPlivoClient, PlivoClient
@@ -127,7 +128,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         on_attempt=metrics.plivo_attempt,
         on_in_flight=metrics.set_plivo_in_flight,
     )
-    app.state.services = Services(settings, app.state.sender, app.state.limits, db)
+    app.state.pacer = pacer = Pacer.build(
+        settings.send_rate_per_second,
+        workers=settings.web_concurrency,
+        store=app.state.limit_store,
+        on_wait=metrics.pacing_waited,
+        on_refuse=metrics.pacing_refused,
+    )
+    app.state.services = Services(settings, app.state.sender, app.state.limits, db, pacer)
     reconciler = Reconciler(db, client, settings)
     reconciler.on_lookup = metrics.reconcile_lookup
     reconciler.on_backlog = metrics.set_reconcile_backlog
@@ -146,6 +154,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.warning("API_KEYS is empty: authentication is off (development only)")
     for warning in settings.startup_warnings():  # risky settings: docs/security.md
         log.warning(warning)
+    if settings.is_production and "send_rate" not in settings.model_fields_set:
+        log.warning(
+            "SEND_RATE is the default (50/second): set it to the Plivo account's MMS "
+            "throughput, or Plivo queues what it cannot send and expires it after 3 hours"
+        )
     log.info("started", mode=client.mode, env=settings.app_env, store=db.dialect)
     try:
         yield
@@ -156,6 +169,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await reconciler.stop()
         await retention
         await client.aclose()  # the sandbox lets its simulated deliveries finish
+        if pacer is not None:
+            await pacer.aclose()
         await db.close()  # the writer commits what is queued
         metrics.process_exiting()
         log.info("stopped")

@@ -41,6 +41,9 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500)  # GroupCommitWriter's MAX_BATCH is 500
 COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+# Seconds a send waited for its pacing slot: 0 for a burst within the rate, up to
+# PACING_MAX_WAIT_SECONDS (2 s by default) for a synchronous send.
+PACING_BUCKETS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 # Label values that come from clients or from Plivo are mapped onto fixed sets, so no
 # one can create series at will (each series costs memory here and in Prometheus).
@@ -73,6 +76,7 @@ SEND_CODES = (
     "upstream_rate_limited",
     "upstream_unavailable",
     "upstream_timeout",
+    "send_rate_exceeded",
     "service_unavailable",
     "internal_error",
 )
@@ -196,6 +200,17 @@ class Metrics:
         self.circuit_opens = Counter(
             "mms_circuit_opens", "Times the circuit breaker opened", registry=r
         )
+        self.pacing_wait = Histogram(
+            "mms_pacing_wait_seconds",
+            "Seconds each send waited for its pacing slot (SEND_RATE)",
+            buckets=PACING_BUCKETS,
+            registry=r,
+        )
+        self.pacing_refusals = Counter(
+            "mms_pacing_refusals",
+            "Synchronous sends refused with send_rate_exceeded (no slot within the wait)",
+            registry=r,
+        )
 
         # Pre-bound children; every label set below exists from the start (at 0), so
         # rate() and absent-series checks work before the first event.
@@ -214,6 +229,7 @@ class Metrics:
         self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._callbacks: dict[tuple[str, str], Any] = {}
         self.circuit_opens.inc(0)
+        self.pacing_refusals.inc(0)
         self.storage_fallbacks.inc(0)
         self.circuit_state.set(0)
         self.storage_degraded.set(0)
@@ -269,6 +285,13 @@ class Metrics:
         self.circuit_state.set(CIRCUIT_VALUES[state])
         if state == "open":
             self.circuit_opens.inc()
+
+    # Pacing (Pacer hooks) ---------------------------------------------------------------
+    def pacing_waited(self, seconds: float) -> None:
+        self.pacing_wait.observe(seconds)
+
+    def pacing_refused(self) -> None:
+        self.pacing_refusals.inc()
 
     # Limits --------------------------------------------------------------------------
     def rate_limit_rejected(self, scope: str) -> None:

@@ -234,15 +234,10 @@ class Limits:
     async def check_client(self, client: str) -> Verdict:
         return await self.store.moving_hit(self.per_ip, "ip", client)
 
-    async def check_send(self, *, destination: str, caller: str) -> None:
-        """Per-destination limit and the caller's daily quota; raises when either is spent.
-
-        Called by the sender once the send holds a concurrency slot and the breaker let it
-        through — only sends that go on toward Plivo count. Both are tested before either
-        is counted, so one refusing does not use up the other. (Between the test and the
-        hit another replica may slip in: then this send is refused, having counted the
-        other limit once — a bounded over-count, never an extra send.)
-        """
+    async def test_send(self, *, destination: str, caller: str) -> None:
+        """Per-destination limit and the caller's daily quota, tested (not counted); raises
+        when either is spent. Both are tested before either is counted, so one refusing
+        does not use up the other; a send waits for its pacing slot after this test."""
         destination_left = await self.store.moving_hit(
             self.per_destination, "dst", destination, stats=False, count=False
         )
@@ -254,6 +249,15 @@ class Limits:
         for verdict, scope in ((destination_left, "destination"), (quota_left, "quota")):
             if verdict is not None and not verdict.allowed:
                 self._refuse(scope, verdict)
+
+    async def count_send(self, *, destination: str, caller: str) -> None:
+        """Count the send in both; raises when a race spent one since `test_send`.
+
+        Called by the sender once the send holds a concurrency slot and the breaker let it
+        through — only sends that go on toward Plivo count. (Between the test and the hit
+        another replica may slip in: then this send is refused, having counted the other
+        limit once — a bounded over-count, never an extra send.)
+        """
         verdict = await self.store.moving_hit(self.per_destination, "dst", destination, stats=False)
         if not verdict.allowed:
             self._refuse("destination", verdict)

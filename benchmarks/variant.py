@@ -29,11 +29,16 @@ def switch_off(off: set[str]) -> None:
     if "destination_limit" in off:
         from app import ratelimit
 
-        async def quota_only(self: Any, *, destination: str, caller: str) -> None:
+        async def quota_test(self: Any, *, destination: str, caller: str) -> None:
+            if self.daily_quota:
+                await self.store.daily_hit(self.daily_quota, "quota", caller, count=False)
+
+        async def quota_count(self: Any, *, destination: str, caller: str) -> None:
             if self.daily_quota:
                 await self.store.daily_hit(self.daily_quota, "quota", caller)
 
-        ratelimit.Limits.check_send = quota_only  # type: ignore[method-assign]
+        ratelimit.Limits.test_send = quota_test  # type: ignore[method-assign]
+        ratelimit.Limits.count_send = quota_count  # type: ignore[method-assign]
     if "record" in off:
         from app.mms import service
 

@@ -56,7 +56,12 @@ def test_fifty_concurrent_one_key_one_call_and_replays_survive_restarts(server_f
 
 def test_kill_9_mid_send_then_restart_makes_no_new_call(server_factory, fake_plivo):
     """A key orphaned by a crash is 409 during its lease, then a stored unknown outcome (504)."""
-    settings = {"API_KEYS": API_KEYS, "PLIVO_TIMEOUT_SECONDS": 1, "SHUTDOWN_GRACE_SECONDS": 1}
+    settings = {
+        "API_KEYS": API_KEYS,
+        "PLIVO_TIMEOUT_SECONDS": 1,
+        "SHUTDOWN_GRACE_SECONDS": 1,
+        "PACING_MAX_WAIT_SECONDS": 0,  # the lease also covers the longest pacing wait
+    }
     fake_plivo.set_default(fp.hang())
     server = server_factory(**settings)
     in_flight = threading.Thread(

@@ -156,7 +156,7 @@ async def test_an_unexpected_send_failure_is_an_unknown_outcome(client, fake_pli
     async def broken(**kwargs):
         raise RuntimeError("boom")
 
-    client.fastapi_app.state.limits.check_send = broken
+    client.fastapi_app.state.limits.count_send = broken
     response = await client.post("/api/mms/send", json=VALID, headers={"Idempotency-Key": "bug"})
     assert response.status_code == 502 and response.json()["code"] == "upstream_error"
     listed = (await client.get("/api/mms", params={"idempotencyKey": "bug"})).json()["items"]

@@ -40,6 +40,7 @@ SEND_ERRORS = (
     errors.UpstreamRateLimited,
     errors.UpstreamUnavailable,
     errors.UpstreamTimeout,
+    errors.SendRateExceeded,
     errors.ServiceUnavailable,
     errors.InternalError,
 )
@@ -117,6 +118,7 @@ async def send_mms(request: Request) -> Response:
             limits=services.limits,
             db=services.db,
             settings=services.settings,
+            pacer=services.pacer,
         )
     except errors.AppError as exc:
         state["code"] = exc.code

@@ -22,6 +22,7 @@ from app.ids import random_id
 from app.logging import get_logger
 from app.mms.idempotency import ReleaseKey, TakeKey, fingerprint, lease_ms
 from app.mms.schemas import EventOut, MessageOut, SendRequest, SendResponse
+from app.pacing import Pacer
 from app.paths import CALLBACK_PATH
 from app.plivo.client import Accepted, OutboundMms
 from app.plivo.sender import Sender, mark_unknown, outcome_of
@@ -100,9 +101,11 @@ async def send_mms(
     limits: Limits,
     db: Database,
     settings: Settings,
+    pacer: Pacer | None = None,
 ) -> SendResult:
-    """Take the Idempotency-Key, check the limits that count only real sends, call Plivo,
-    record the outcome (and the key's stored response) before answering."""
+    """Take the Idempotency-Key, check the limits that count only real sends, wait for the
+    pacing slot, call Plivo, record the outcome (and the key's stored response) before
+    answering."""
     row = functools.partial(
         message_row,
         request,
@@ -126,8 +129,13 @@ async def send_mms(
         callback_url=callback_url(settings),
     )
     try:
+        # Breaker -> limits tested -> pacing slot -> concurrency slot -> limits counted
+        # -> Plivo: a refusal before the count costs no limit and no quota.
         sender.check_breaker()  # an open breaker answers at once and counts against no limit
-        count_send = functools.partial(limits.check_send, destination=request.to, caller=caller)
+        await limits.test_send(destination=request.to, caller=caller)
+        if pacer is not None:  # SEND_RATE=0: off
+            await pacer.take(settings.pacing_max_wait_seconds)
+        count_send = functools.partial(limits.count_send, destination=request.to, caller=caller)
         accepted = await sender.send(mms, before_send=count_send)
     except Exception as exc:
         error = exc if isinstance(exc, AppError) else unexpected_send_failure(exc)
@@ -181,7 +189,11 @@ async def _take_key(
             caller=caller,
             key=key,
             fingerprint=fingerprint(request.model_dump()),
-            lease_ms=lease_ms(settings.plivo_timeout_seconds, settings.shutdown_grace_seconds),
+            # The send's longest life: its pacing wait, then the deadline (then the grace).
+            lease_ms=lease_ms(
+                settings.pacing_max_wait_seconds + settings.plivo_timeout_seconds,
+                settings.shutdown_grace_seconds,
+            ),
             message_row=message,
         )
     )
