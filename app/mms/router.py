@@ -127,7 +127,12 @@ async def send_mms(request: Request) -> Response:
     )
 
 
-LOOKUP_ERRORS = (errors.Unauthorized, errors.NotFound, errors.InternalError)
+LOOKUP_ERRORS = (
+    errors.Unauthorized,
+    errors.NotFound,
+    errors.ServiceUnavailable,  # the store cannot be read
+    errors.InternalError,
+)
 STATUSES = "unknown|queued|sent|delivered|undelivered|failed|rejected|not_sent"
 
 

@@ -168,8 +168,7 @@ def refuse_if_store_failing(db: Database) -> None:
     (and before its Idempotency-Key is taken: the refusal is not stored)."""
     if not db.writable:
         raise ServiceUnavailable(
-            "The message store cannot be written at the moment; nothing was sent. "
-            "Retry shortly.",
+            "The message store cannot be written; nothing was sent. Retry shortly.",
             headers={"Retry-After": str(STORE_RETRY_AFTER_SECONDS)},
         )
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -142,9 +143,11 @@ def _describe(op: WriteOp) -> dict[str, Any]:
 _Item = tuple[WriteOp, "asyncio.Future[Any]", bool]  # op, its caller's future, keep it
 
 
-def _consume(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
+def _log_late_write(op: WriteOp, future: asyncio.Future[Any]) -> None:
+    """A kept record's last try at shutdown: nobody awaits it, so the log tells (a failure
+    leaves it pending, and close() logs it as lost)."""
+    if not future.cancelled() and future.exception() is None:
+        log.warning("record_written_late", **_describe(op))
 
 
 class GroupCommitWriter:
@@ -316,7 +319,7 @@ class GroupCommitWriter:
             kept, self.pending = self.pending, []
             for op in kept:
                 future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-                future.add_done_callback(_consume)  # nobody awaits it: the log tells
+                future.add_done_callback(functools.partial(_log_late_write, op))
                 self._queue.append((op, future, True))
         self._closing = True
         self._wake.set()
