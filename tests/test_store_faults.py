@@ -413,3 +413,24 @@ async def test_row10_key_released_by_another_replica_mid_take_proceeds_never_503
     assert response.status_code == 502, response.text
     assert response.json()["code"] == "upstream_auth_failed"
     assert len(fake_plivo.sends()) == 1
+
+
+async def test_row4_kept_record_still_unwritten_at_shutdown_is_logged_as_lost(
+    sqlite_url, capfd, monkeypatch
+):
+    """Row 4: a kept record that the store never took is the last trace of a message Plivo
+    has: stopping the service logs it (ids only), it does not vanish silently."""
+    monkeypatch.setattr(store_db, "PROBE_SECONDS", 3600.0)
+    database = sqlite_url.split("///", 1)[1]
+    db = store_db.Database(sqlite_url)
+    await db.start()
+    op = FunctionOp(lambda conn: conn.execute(text("SELECT 1")))
+    op.row = {"id": "m-kept", "message_uuid": "u-kept", "text": "secret-text-4711"}  # type: ignore[attr-defined]
+    await asyncio.to_thread(os.rename, database, f"{database}.gone")
+    with pytest.raises(RecordPending):
+        await db.write(op, keep=True)
+    assert not db.writable and db.records_pending == 1
+    await db.close()
+    output = capfd.readouterr().out
+    assert "record_lost" in output and "m-kept" in output and "u-kept" in output
+    assert "secret-text-4711" not in output
