@@ -32,9 +32,10 @@ from tests.tcpproxy import TcpProxy
 
 A = {"X-API-Key": KEY_A}
 OTHER = {**VALID, "to": "+14155550101"}
-# A lease short enough to wait for: deadline 2 s + grace 1 s + the 5 s margin.
-SHORT_LEASE = {"PLIVO_TIMEOUT_SECONDS": 2, "SHUTDOWN_GRACE_SECONDS": 1}
-LEASE_SECONDS = 8
+# A lease short enough to wait for: deadline 3 s + grace 1 s + the 5 s margin.
+SHORT_LEASE = {"PLIVO_TIMEOUT_SECONDS": 3, "SHUTDOWN_GRACE_SECONDS": 1}
+LEASE_SECONDS = 9
+PLIVO_HOLDS_SECONDS = 1.5  # time for the test to break the store while a send is in flight
 
 
 def keyed(key: str) -> dict[str, str]:
@@ -67,10 +68,10 @@ def assert_refused(response: httpx.Response) -> None:
 def send_in_flight(
     pool: concurrent.futures.Executor, server: Any, fake: fp.FakePlivo, key: str
 ) -> concurrent.futures.Future[httpx.Response]:
-    """A keyed send that Plivo holds for a second: returns once Plivo has the request (the
+    """A keyed send that Plivo holds for a while: returns once Plivo has the request (the
     key is taken and committed by then), while the send is still in flight."""
     before = len(fake.sends())
-    fake.script(fp.ok(delay=1.0))
+    fake.script(fp.ok(delay=PLIVO_HOLDS_SECONDS))
     future = pool.submit(post, server, VALID, keyed(key))
     wait_for(lambda: len(fake.sends()) == before + 1)
     return future
