@@ -44,7 +44,9 @@ class Readiness(BaseModel):
     responses=errors.problem_responses(errors.NotReady, errors.InternalError),
 )
 async def ready(request: Request) -> Response:
-    """503 when the store is unreachable or while draining; else 200, naming what is degraded.
+    """503 when the store is unreachable or cannot be written (the last write failed, a
+    send's record waits in memory, the SQLite file is gone) or while draining; else 200,
+    naming what is degraded.
 
     A shared dependency's hiccup (Redis, Plivo) is reported in `degraded` with a 200, so a
     load balancer does not drain every replica at once.
@@ -57,6 +59,8 @@ async def ready(request: Request) -> Response:
         degraded.append("circuit_open")
     if state.draining:
         problem = "This replica is shutting down (draining)."
+    elif not state.db.writable:
+        problem = "The message store cannot be written; new sends are refused."
     elif not await state.db.ping():
         problem = "The message store is unreachable."
     else:

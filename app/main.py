@@ -110,7 +110,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     app.state.draining = False
     metrics: Metrics = app.state.metrics
-    db = Database(settings.database_url, on_batch=metrics.store_batch)
+    db = Database(
+        settings.database_url, on_batch=metrics.store_batch, on_health=metrics.store_health
+    )
     await db.start()  # migrations under a lock, then the group-commit writer
     app.state.db = db
     client = _plivo_client(settings)

@@ -155,6 +155,19 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        # Store faults: a flag per worker (max) and the records waiting in memory (sum).
+        self.store_write_failing = Gauge(
+            "mms_store_write_failing",
+            "1 while store writes fail: sends are refused and /ready is 503",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.store_records_pending = Gauge(
+            "mms_store_records_pending",
+            "Records of sends Plivo accepted, kept in memory until the store takes them",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.callbacks = Counter(
             "mms_callbacks",
             "Plivo status callbacks by status and signature (v3, v2, invalid, missing, replayed)",
@@ -327,6 +340,10 @@ class Metrics:
     def store_batch(self, size: int, seconds: float) -> None:
         self.store_batch_size.observe(size)
         self.store_commit_seconds.observe(seconds)
+
+    def store_health(self, writable: bool, pending: int) -> None:
+        self.store_write_failing.set(0 if writable else 1)
+        self.store_records_pending.set(pending)
 
     # Exposition ------------------------------------------------------------------------
     def render(self) -> bytes:

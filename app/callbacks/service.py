@@ -3,7 +3,7 @@ simulated deliveries and reconciliation lookups — so they all obey the same ru
 
 from __future__ import annotations
 
-from app.store.db import Database
+from app.store.db import Database, StoreUnavailable
 from app.store.repository import IngestEvent
 
 
@@ -26,6 +26,10 @@ async def record_status(
     plivo_time: str | None = None,
 ) -> bool:
     """Store the event and move the message's status forward. False for a replayed nonce."""
+    if source == "callback" and db.records_pending:
+        # Records of accepted sends wait in memory for the store: take nothing new until
+        # they are written (503; Plivo retries its callbacks).
+        raise StoreUnavailable("records of accepted sends are waiting for the store")
     fresh: bool = await db.write(
         IngestEvent(
             message_uuid=message_uuid,

@@ -27,6 +27,7 @@ from app.store.tables import idempotency_keys, messages
 
 KEEP_MS = 24 * 3600 * 1000
 SLOT_AND_MARGIN_SECONDS = 5.0
+TAKE_ATTEMPTS = 3
 
 
 def fingerprint(request: dict[str, Any]) -> str:
@@ -60,6 +61,16 @@ class TakeKey:
 
     async def run(self, conn: AsyncConnection) -> Claim:
         now = now_ms()
+        for _ in range(TAKE_ATTEMPTS):
+            claim = await self._take(conn, now)
+            if claim is not None:
+                return claim
+        # Taken and released by others under our feet every time: as good as in flight.
+        return Claim("in_flight")
+
+    async def _take(self, conn: AsyncConnection, now: int) -> Claim | None:
+        """One attempt; None when the key vanished between our INSERT and SELECT (another
+        replica released it after a send that is not stored): the caller tries again."""
         taken = await conn.execute(
             insert_ignore(conn, idempotency_keys)
             .values(
@@ -75,6 +86,8 @@ class TakeKey:
         )
         if taken.first() is None:
             held = await self._select(conn)
+            if held is None:
+                return None
             if held.created_at >= now - KEEP_MS:
                 return await self._held(conn, held, now)
             # Older than 24 h: the key is free again — for one taker only. The condition on
@@ -100,7 +113,8 @@ class TakeKey:
                 .returning(idempotency_keys.c.key)
             )
             if retaken.first() is None:
-                return await self._held(conn, await self._select(conn), now)
+                held = await self._select(conn)
+                return None if held is None else await self._held(conn, held, now)
         # The message row waits for its outcome; reconciliation looks at it only once the
         # lease has passed (a crash), never while the send is in flight.
         await conn.execute(
@@ -112,7 +126,7 @@ class TakeKey:
         query = select(idempotency_keys).where(
             idempotency_keys.c.caller == self.caller, idempotency_keys.c.key == self.key
         )
-        return (await conn.execute(query)).one()
+        return (await conn.execute(query)).first()
 
     async def _held(self, conn: AsyncConnection, held: Any, now: int) -> Claim:
         if held.fingerprint != self.fingerprint:

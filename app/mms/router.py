@@ -136,7 +136,12 @@ async def send_mms(request: Request) -> Response:
     )
 
 
-LOOKUP_ERRORS = (errors.Unauthorized, errors.NotFound, errors.InternalError)
+LOOKUP_ERRORS = (
+    errors.Unauthorized,
+    errors.NotFound,
+    errors.ServiceUnavailable,  # the store cannot be read
+    errors.InternalError,
+)
 # Filters follow the rules of what was stored: a number as a send's `to` (canonical, US/CA),
 # a key as the Idempotency-Key header. Anything else -- a NUL or another control character
 # included -- is a 422 here rather than a query the store refuses.

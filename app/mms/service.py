@@ -15,6 +15,7 @@ from app.errors import (
     AppError,
     IdempotencyInProgress,
     IdempotencyKeyReused,
+    ServiceUnavailable,
     UpstreamError,
     problem_body,
 )
@@ -28,7 +29,7 @@ from app.plivo.client import Accepted, OutboundMms
 from app.plivo.sender import Sender, mark_unknown, outcome_of
 from app.ratelimit import Limits
 from app.reconcile import first_check_at
-from app.store.db import Database, StoreUnavailable
+from app.store.db import Database, RecordPending, StoreUnavailable
 from app.store.repository import (
     ERROR_MESSAGES,
     STATUS_RANK,
@@ -106,6 +107,7 @@ async def send_mms(
     """Take the Idempotency-Key, check the limits that count only real sends, wait for the
     pacing slot, call Plivo, record the outcome (and the key's stored response) before
     answering."""
+    refuse_if_store_failing(db)
     row = functools.partial(
         message_row,
         request,
@@ -165,6 +167,18 @@ async def send_mms(
 
 
 JSON = "application/json"
+STORE_RETRY_AFTER_SECONDS = 5
+
+
+def refuse_if_store_failing(db: Database) -> None:
+    """No money is spent on a message that cannot be recorded: while the last store write
+    failed, or a send's record still waits in memory, a new send is refused before Plivo
+    (and before its Idempotency-Key is taken: the refusal is not stored)."""
+    if not db.writable:
+        raise ServiceUnavailable(
+            "The message store cannot be written; nothing was sent. Retry shortly.",
+            headers={"Retry-After": str(STORE_RETRY_AFTER_SECONDS)},
+        )
 
 
 def unexpected_send_failure(exc: Exception) -> AppError:
@@ -233,11 +247,15 @@ async def _record(
         if key is not None
         else None
     )
+    op = RecordMessage(row, idempotency=completion, existing=key is not None)
     try:
-        # A keyed send's row was inserted when the key was taken: it is updated.
-        await db.write(RecordMessage(row, idempotency=completion, existing=key is not None))
+        # A keyed send's row was inserted when the key was taken: it is updated. Kept in
+        # memory if the store fails now: Plivo has the message, so the record must not be
+        # lost, and answering an error would invite a second send.
+        await db.write(op, keep=True)
+    except RecordPending:
+        log.error("record_pending", message_id=row["id"], message_uuid=row["message_uuid"])
     except StoreUnavailable:
-        # Plivo already has the message: answering an error would invite a second send.
         log.error("record_failed", message_id=row["id"], message_uuid=row["message_uuid"])
 
 

@@ -4,32 +4,71 @@ One SQLAlchemy+aiosqlite commit costs more CPU than the whole rest of a
 send — while rows committed together cost a fraction of that each. So every write goes
 through one writer task that commits whatever has queued up as one transaction, and each
 caller waits for its own batch's commit (no timer: a lone write commits at once).
+
+The writer also knows when the store cannot be written (store faults): a batch that fails
+because the database is down, full, read-only, or (SQLite) because the file was deleted or
+replaced under the running service puts it in a failed state, which `/ready` and the send
+path read; a background probe writes until a write succeeds again. A send's record that
+fails is kept in memory and written by that probe when the store returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
-from sqlalchemy import event, text
+from sqlalchemy import delete, event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from app.logging import get_logger
 from app.store.migrate import migrate
+from app.store.tables import callback_nonces
 
 log = get_logger("app.store")
 T = TypeVar("T")
 MAX_BATCH = 500
 WRITE_TIMEOUT_SECONDS = 15.0  # a caller never waits longer than this for its commit
+PROBE_SECONDS = 1.0  # while the store is failing: how often the background probe writes
+# SQLSTATE classes that mean the database, not the statement, failed: connection (08),
+# insufficient resources such as a full disk (53), operator intervention such as a
+# shutdown (57), system errors (58); and 25006, a read-only transaction (a standby).
+_OUTAGE_SQLSTATE_CLASSES = ("08", "53", "57", "58")
+_READ_ONLY_SQLSTATE = "25006"
 
 
 class StoreUnavailable(Exception):
-    """The store could not take a write (closing, or the database failed)."""
+    """The store could not take a write or answer a read (closing, or the database failed)."""
+
+
+class RecordPending(StoreUnavailable):
+    """The store failed, and this write was kept in memory: it is written when the store
+    returns (the background probe), or logged as lost if the process stops first."""
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when the database itself failed (down, unreachable, full, read-only, file
+    gone), as opposed to one statement being refused (a constraint, bad data, a bug)."""
+    if isinstance(exc, StoreUnavailable | OSError | TimeoutError | sa_exc.TimeoutError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, sa_exc.InterfaceError | sa_exc.DisconnectionError):
+        return True
+    origin = getattr(exc, "orig", None) or exc
+    state = getattr(origin, "sqlstate", None)
+    if isinstance(state, str) and state:
+        return state[:2] in _OUTAGE_SQLSTATE_CLASSES or state == _READ_ONLY_SQLSTATE
+    # SQLite reports a full disk, a read-only or vanished file, a lock held too long and
+    # I/O errors as OperationalError; a refused row is IntegrityError/DataError instead.
+    return isinstance(exc, sa_exc.OperationalError)
 
 
 class WriteOp(Protocol):
@@ -79,32 +118,89 @@ async def _run_batch(conn: AsyncConnection, ops: list[WriteOp]) -> list[Any]:
     return results
 
 
+class _Probe:
+    """A write that proves the store takes writes: a row written and deleted again in
+    one transaction (the pages still reach the disk or the server)."""
+
+    async def run(self, conn: AsyncConnection) -> None:
+        await conn.execute(callback_nonces.insert().values(nonce=PROBE_NONCE, seen_at=0))
+        await conn.execute(delete(callback_nonces).where(callback_nonces.c.nonce == PROBE_NONCE))
+
+
+PROBE_NONCE = "store-probe"  # never a real nonce: those are stored as hex digests
+
+
+def _describe(op: WriteOp) -> dict[str, Any]:
+    """What the log may say about a write: its kind and a message's ids, never its data."""
+    fields: dict[str, Any] = {"op": type(op).__name__}
+    row = getattr(op, "row", None)
+    if isinstance(row, dict):
+        fields["message_id"] = row.get("id")
+        fields["message_uuid"] = row.get("message_uuid")
+    return fields
+
+
+_Item = tuple[WriteOp, "asyncio.Future[Any]", bool]  # op, its caller's future, keep it
+
+
+def _log_late_write(op: WriteOp, future: asyncio.Future[Any]) -> None:
+    """A kept record's last try at shutdown: nobody awaits it, so the log tells (a failure
+    leaves it pending, and close() logs it as lost)."""
+    if not future.cancelled() and future.exception() is None:
+        log.warning("record_written_late", **_describe(op))
+
+
 class GroupCommitWriter:
     def __init__(
-        self, engine: AsyncEngine, *, on_batch: Callable[[int, float], None] | None = None
+        self,
+        engine: AsyncEngine,
+        *,
+        on_batch: Callable[[int, float], None] | None = None,
+        check: Callable[[], None] | None = None,
+        on_health: Callable[[bool, int], None] | None = None,
     ) -> None:
         self._engine = engine
-        self._queue: list[tuple[WriteOp, asyncio.Future[Any]]] = []
+        self._queue: list[_Item] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._probe_task: asyncio.Task[None] | None = None
         self._closing = False
         self._on_batch = on_batch
+        self._check = check  # raises StoreUnavailable when the store must not be written
+        self._on_health = on_health  # (writable, pending records) for metrics
+        self.failed_since: float | None = None  # monotonic time of the first failed write
+        self.pending: list[WriteOp] = []  # kept writes (records of sends Plivo has)
+        self._flushing = 0
+
+    @property
+    def records_pending(self) -> int:
+        """Kept writes not yet committed (waiting, or being written by the probe)."""
+        return len(self.pending) + self._flushing
+
+    @property
+    def failing(self) -> bool:
+        return self.failed_since is not None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="store-writer")
 
-    async def submit(self, op: WriteOp) -> Any:
+    async def submit(self, op: WriteOp, *, keep: bool = False) -> Any:
+        """Run `op` in the next batch. `keep`: when the store fails, keep the op in memory
+        and write it when the store returns (raises RecordPending meanwhile)."""
         if self._closing:
             raise StoreUnavailable("the store is closing")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((op, future))
+        self._queue.append((op, future, keep))
         self._wake.set()
         try:
             async with asyncio.timeout(WRITE_TIMEOUT_SECONDS):
                 return await future
         except TimeoutError:
             # The op may still commit later: callers treat this like any store failure
-            # (an Idempotency-Key's lease covers a send whose record is late).
+            # (an Idempotency-Key's lease covers a send whose record is late). A kept op
+            # stays queued, so it is written or kept pending whatever happens next.
+            if keep:
+                raise RecordPending("the store did not commit in time") from None
             raise StoreUnavailable("the store did not commit in time") from None
 
     async def _run(self) -> None:
@@ -117,36 +213,125 @@ class GroupCommitWriter:
             if self._closing:
                 return
 
-    async def _commit(self, batch: list[tuple[WriteOp, asyncio.Future[Any]]]) -> None:
+    async def _commit(self, batch: list[_Item]) -> bool:
+        """Commit the batch; False when the store is down (the whole batch then failed)."""
         started = time.perf_counter()
         try:
+            if self._check is not None:
+                self._check()
             async with self._engine.begin() as conn:
-                results = await _run_batch(conn, [op for op, _ in batch])
+                results = await _run_batch(conn, [op for op, _, _ in batch])
         except Exception as exc:
-            if len(batch) > 1 and isinstance(exc, IntegrityError | DataError):
-                # One op's data was refused: isolate it, the others still commit. (A
-                # database that is down fails the whole batch at once, below.)
-                for item in batch:
-                    await self._commit([item])
-                return
+            if is_outage(exc):
+                # The database is down: every op would fail the same way, so the batch
+                # fails at once instead of op by op.
+                self._outage(batch, exc)
+                return False
+            if len(batch) > 1:
+                # One op was refused (bad data, a lost race, a bug): split the batch so
+                # the others still commit, in their order; the failing op fails alone.
+                middle = len(batch) // 2
+                if not await self._commit(batch[:middle]):
+                    self._outage(batch[middle:], exc)
+                    return False
+                return await self._commit(batch[middle:])
+            op, future, _ = batch[0]
             # Parameters are never logged (hide_parameters): they may hold message text.
-            log.error("store_write_failed", error=type(exc).__name__, ops=len(batch))
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(StoreUnavailable(type(exc).__name__))
-            return
+            log.error("store_op_failed", error=type(exc).__name__, **_describe(op))
+            if not future.done():
+                future.set_exception(StoreUnavailable(type(exc).__name__))
+            return True
         if self._on_batch:
             self._on_batch(len(batch), time.perf_counter() - started)
-        for (_, future), result in zip(batch, results, strict=True):
+        self._healthy()
+        for (_, future, _), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
+        return True
+
+    def _outage(self, batch: list[_Item], exc: Exception) -> None:
+        if self.failed_since is None:
+            self.failed_since = time.monotonic()
+            log.error("store_write_failed", error=type(exc).__name__, ops=len(batch))
+        for op, future, keep in batch:
+            if keep:
+                self.pending.append(op)
+                if not future.done():
+                    future.set_exception(RecordPending(type(exc).__name__))
+            elif not future.done():
+                future.set_exception(StoreUnavailable(type(exc).__name__))
+        self._report()
+        if self._probe_task is None and not self._closing:
+            self._probe_task = asyncio.create_task(self._probe(), name="store-probe")
+
+    def fail(self, exc: Exception) -> None:
+        """Enter the failed state without a write (e.g. the SQLite file is seen gone)."""
+        self._outage([], exc)
+
+    def _healthy(self) -> None:
+        if self.failed_since is not None:
+            log.warning(
+                "store_write_recovered",
+                failed_seconds=round(time.monotonic() - self.failed_since, 1),
+                pending=len(self.pending),
+            )
+            self.failed_since = None
+            self._report()
+
+    def _report(self) -> None:
+        if self._on_health:
+            self._on_health(self.failed_since is None, len(self.pending))
+
+    async def _probe(self) -> None:
+        """While writes fail or records wait: a round every PROBE_SECONDS."""
+        try:
+            while (self.failing or self.records_pending) and not self._closing:
+                await asyncio.sleep(PROBE_SECONDS)
+                await self.flush()
+        finally:
+            self._probe_task = None
+
+    async def flush(self) -> None:
+        """One probe round: write the kept records, or a probe row when none wait. Any
+        write that commits ends the failed state; the kept ones are logged as written."""
+        kept, self.pending = self.pending, []
+        if not kept:
+            with contextlib.suppress(StoreUnavailable):
+                await self.submit(_Probe())
+            return
+        self._flushing = len(kept)  # still pending until their commit is known
+        try:
+            results = await asyncio.gather(
+                *(self.submit(op, keep=True) for op in kept), return_exceptions=True
+            )
+        finally:
+            self._flushing = 0
+        for op, result in zip(kept, results, strict=True):
+            if not isinstance(result, BaseException):
+                log.warning("record_written_late", **_describe(op))
+            elif not isinstance(result, RecordPending):  # refused alone: not an outage
+                log.error("record_lost", reason="refused", **_describe(op))
+        self._report()
 
     async def close(self) -> None:
-        """Commit what is queued, then stop."""
+        """Commit what is queued, then stop; kept records get one last try."""
+        if self.pending:
+            kept, self.pending = self.pending, []
+            for op in kept:
+                future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                future.add_done_callback(functools.partial(_log_late_write, op))
+                self._queue.append((op, future, True))
         self._closing = True
         self._wake.set()
         if self._task is not None:
             await self._task
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
+        for op in self.pending:
+            # The last trace of a message Plivo accepted: reconciliation cannot find it.
+            log.error("record_lost", reason="store_unavailable_at_shutdown", **_describe(op))
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -167,10 +352,17 @@ def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
 
 
 class Database:
-    def __init__(self, url: str, *, on_batch: Callable[[int, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        on_batch: Callable[[int, float], None] | None = None,
+        on_health: Callable[[bool, int], None] | None = None,
+    ) -> None:
         self.url = url
         self.sqlite_path = _sqlite_path(url)
         self.dialect = make_url(url).get_backend_name()
+        self._file_identity: tuple[int, int] | None = None
         if self.sqlite_path is not None:
             self.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
             self.engine = create_async_engine(
@@ -187,18 +379,68 @@ class Database:
                 hide_parameters=True,  # errors never carry values (message text) into logs
                 connect_args={"timeout": 5, "command_timeout": 10},
             )
-        self.writer = GroupCommitWriter(self.engine, on_batch=on_batch)
+        self.writer = GroupCommitWriter(
+            self.engine, on_batch=on_batch, check=self.check_file, on_health=on_health
+        )
 
     async def start(self) -> None:
         await migrate(self.engine, sqlite_path=self.sqlite_path)
+        if self.sqlite_path is not None:
+            stat = os.stat(self.sqlite_path)
+            self._file_identity = (stat.st_dev, stat.st_ino)
         self.writer.start()
 
-    async def write(self, op: WriteOp) -> Any:
-        return await self.writer.submit(op)
+    def check_file(self) -> None:
+        """SQLite: raise StoreUnavailable when the file opened at start is no longer at its
+        path. A deleted file stays writable through the open handles, so without this
+        check writes would succeed into a file nobody will ever read again. A replaced
+        file is not reopened either: that takes a restart (the old handles share the
+        -wal and -shm files by name with any new one)."""
+        if self._file_identity is None or self.sqlite_path is None:
+            return
+        try:
+            stat = os.stat(self.sqlite_path)
+        except OSError:
+            raise StoreUnavailable("the database file was deleted") from None
+        if (stat.st_dev, stat.st_ino) != self._file_identity:
+            raise StoreUnavailable("the database file was replaced")
 
-    def read(self) -> Any:
-        """`async with db.read() as conn:` — a pooled connection for queries."""
-        return self.engine.connect()
+    @property
+    def writable(self) -> bool:
+        """False while the last write failed, a send's record waits in memory, or (SQLite)
+        the database file is gone: `/ready` is 503 and new sends are refused."""
+        if self._file_identity is not None and not self.writer.failing:
+            try:
+                self.check_file()
+            except StoreUnavailable as exc:
+                # Seen before any write failed: enter the failed state now, so sends are
+                # refused before Plivo and the probe starts.
+                self.writer.fail(exc)
+        return not self.writer.failing and not self.writer.records_pending
+
+    @property
+    def records_pending(self) -> int:
+        return self.writer.records_pending
+
+    async def write(self, op: WriteOp, *, keep: bool = False) -> Any:
+        """Commit `op` with the next batch. `keep=True` for a record that must not be lost
+        (a send Plivo has): if the store fails it is kept and written when the store
+        returns, and RecordPending is raised meanwhile."""
+        return await self.writer.submit(op, keep=keep)
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """`async with db.read() as conn:` — a pooled connection for queries. A database
+        that cannot answer (refused connection, timeout, dropped link) raises
+        StoreUnavailable: a 503, never a 500."""
+        try:
+            async with self.engine.connect() as conn:
+                yield conn
+        except Exception as exc:
+            if isinstance(exc, StoreUnavailable) or not is_outage(exc):
+                raise
+            log.error("store_read_failed", error=type(exc).__name__)
+            raise StoreUnavailable(type(exc).__name__) from exc
 
     async def ping(self, timeout: float = 2.0) -> bool:
         try:
