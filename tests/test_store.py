@@ -264,7 +264,7 @@ async def test_retention_purges_old_rows(store_url):
             )
         )
     await db.write(
-        IngestEvent("u-old", "sent", None, 1, "callback", nonce="n-old", received_at=old)
+        IngestEvent("u-old", "sent", None, 1, "callback", nonces=("n-old",), received_at=old)
     )
     async with db.engine.begin() as conn:
         await conn.execute(

@@ -180,9 +180,11 @@ class RecordMessage(BatchedOp):
 
 @dataclass
 class IngestEvent(BatchedOp):
-    """A delivery report: store it (unless its nonce was seen) and move the status forward.
+    """A delivery report: store it (unless a nonce of its request was seen) and move the
+    status forward.
 
-    Returns False when the nonce was already seen (a replay: nothing changes)."""
+    Every nonce is recorded; returns False when any of them was already seen, in the store
+    or earlier in the same batch (a replay: nothing changes)."""
 
     message_uuid: str
     status: str
@@ -190,13 +192,13 @@ class IngestEvent(BatchedOp):
     sequence: int
     source: str
     plivo_time: str | None = None
-    nonce: str | None = None
+    nonces: tuple[str, ...] = ()
     received_at: int = field(default_factory=now_ms)
 
     @classmethod
     async def run_many(cls, conn: AsyncConnection, ops: Sequence[Any]) -> list[Any]:
         fresh = list(ops)
-        nonces = [op.nonce for op in ops if op.nonce]
+        nonces = [n for op in ops for n in op.nonces]
         if nonces:
             result = await conn.execute(
                 insert_ignore(conn, callback_nonces).returning(callback_nonces.c.nonce),
@@ -204,12 +206,10 @@ class IngestEvent(BatchedOp):
             )
             new = {row.nonce for row in result}
             fresh, seen_in_batch = [], set()
-            for op in ops:
-                if op.nonce is None:
+            for op in ops:  # as if one after the other: each records all of its nonces
+                if all(n in new and n not in seen_in_batch for n in op.nonces):
                     fresh.append(op)
-                elif op.nonce in new and op.nonce not in seen_in_batch:
-                    seen_in_batch.add(op.nonce)
-                    fresh.append(op)
+                seen_in_batch.update(op.nonces)
         if fresh:
             await conn.execute(
                 insert_ignore(conn, events),
