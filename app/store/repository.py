@@ -25,8 +25,11 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.logging import get_logger
 from app.store.db import BatchedOp
 from app.store.tables import callback_nonces, events, idempotency_keys, messages
+
+log = get_logger("app.store")
 
 # SPEC order: unknown < queued < sent < final ones; the first final status stays.
 STATUS_RANK = {
@@ -137,6 +140,32 @@ _finish_message = (
 )
 
 
+async def _drop_repeated_uuids(conn: AsyncConnection, ops: Sequence[Any]) -> None:
+    """A message_uuid Plivo already gave another message cannot be stored twice (it is
+    unique), and a failed write would lose the row. The row is kept without it, as an
+    unknown outcome: reconciliation then finds Plivo's record by number and time."""
+    wanted = {op.row["message_uuid"] for op in ops if op.row.get("message_uuid")}
+    if not wanted:
+        return
+    taken = select(messages.c.message_uuid, messages.c.id).where(
+        messages.c.message_uuid.in_(wanted)
+    )
+    holders: dict[str, str] = {u: i for u, i in (await conn.execute(taken)).all()}
+    for op in ops:
+        uuid = op.row.get("message_uuid")
+        if not uuid:
+            continue
+        holder = holders.setdefault(uuid, op.row["id"])
+        if holder != op.row["id"]:
+            log.error("plivo_uuid_repeated", message_id=op.row["id"], message_uuid=uuid)
+            op.row = {
+                **op.row,
+                "message_uuid": None,
+                "status": "unknown",
+                "status_rank": STATUS_RANK["unknown"],
+            }
+
+
 @dataclass
 class RecordMessage(BatchedOp):
     """Record a send's message row (before its response is returned); events that arrived
@@ -151,6 +180,7 @@ class RecordMessage(BatchedOp):
 
     @classmethod
     async def run_many(cls, conn: AsyncConnection, ops: Sequence[Any]) -> list[Any]:
+        await _drop_repeated_uuids(conn, ops)
         new = [op.row for op in ops if not op.existing]
         if new:
             await conn.execute(messages.insert(), new)
