@@ -126,3 +126,25 @@ def test_row2_plivo_signature_setting_is_validated():
     assert load_settings(_env_file=None).plivo_signature == "any"
     with pytest.raises(ConfigError, match=r"^PLIVO_SIGNATURE: .*'v3', 'v2' or 'any'"):
         load_settings(_env_file=None, plivo_signature="v4")
+
+
+async def test_row2_a_day_old_nonce_still_stops_a_replay(app, fake_plivo, store_url):
+    """Row 2: nonces were purged after 24 h, so a V2 signature captured once could carry a
+    forged body a day later. They are kept as long as messages (RETENTION_DAYS)."""
+    from sqlalchemy import text
+
+    from app.retention import purge_once
+    from app.store.repository import now_ms
+
+    message_uuid = await send(app, fake_plivo)
+    v2 = v2_headers(URL)
+    assert (await callback(app, params(message_uuid, "delivered", 3), v2)).status_code == 200
+    db = app.fastapi_app.state.services.db
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE callback_nonces SET seen_at = :t"), {"t": now_ms() - 25 * 3600_000}
+        )
+    await purge_once(db, retention_days=90)
+    replay = await callback(app, params(message_uuid, "failed", 4, ErrorCode="900"), v2)
+    assert replay.json() == {"status": "duplicate"}
+    assert (await status_of(app, message_uuid))["status"] == "delivered"

@@ -386,7 +386,7 @@ async def purge(conn: AsyncConnection, *, retention_ms: int, day_ms: int = 86_40
     for statement in (
         delete(messages).where(messages.c.created_at < now - retention_ms),
         delete(events).where(events.c.received_at < now - retention_ms),
-        delete(callback_nonces).where(callback_nonces.c.seen_at < now - day_ms),
+        delete(callback_nonces).where(callback_nonces.c.seen_at < now - retention_ms),
         delete(idempotency_keys).where(idempotency_keys.c.created_at < now - day_ms),
     ):
         deleted += (await conn.execute(statement)).rowcount or 0
