@@ -7,7 +7,7 @@ connection that never completes a request line and headers stayed open indefinit
 a 20 MB header was read into memory. Here:
 
 - the request line and headers may take MAX_HEADER_BYTES in all; beyond that the request
-  is answered 431 and the connection closed (memory held: the bound plus one read);
+  is answered 431 and the connection closed (memory held: the bound plus two reads);
 - they must arrive within HEADER_TIMEOUT_SECONDS of the connection opening or of the
   request's first byte, or the connection is closed (slow or partial headers, idle
   connections that never send a request);
@@ -47,6 +47,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_headers = False  # between a request's first byte and its headers' end
         self._header_size = 0  # exact: request target, names and values (parser callbacks)
         self._raw_size = 0  # raw bytes read while the headers were incomplete
+        self._requests_begun = 0
         self._header_timer: asyncio.TimerHandle | None = None
         self._refused = False
 
@@ -61,17 +62,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        begun = self._requests_begun
         super().data_received(data)
         if self._in_headers and not self._refused:
-            # Headers still incomplete: what was read so far is (at most one read more
-            # than) what they hold, so the parser never buffers much past the bound.
-            self._raw_size += len(data)
+            # Headers still incomplete. A read wholly inside them counts in full; the read
+            # in which the request began is not counted (part of it may be a previous
+            # request's body), so the parser holds at most the bound plus two reads.
+            if self._requests_begun == begun:
+                self._raw_size += len(data)
             if self._raw_size > MAX_HEADER_BYTES:
                 self._refuse()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_headers, self._header_size, self._raw_size = True, 0, 0
+        self._requests_begun += 1
         if self._header_timer is None:
             self._arm_header_timer()
 

@@ -48,6 +48,20 @@ def test_row14_oversized_headers_are_refused_431(server_factory):
             b"Connection: close\r\n\r\n"
         )
         assert _read_all(sock).startswith(b"HTTP/1.1 200")
+    with _connect(server) as sock:  # a large body, then a pipelined request's first bytes
+        body = b'{"text": "' + b"b" * 40_000 + b'"}'
+        sock.sendall(
+            b"POST /api/mms/send HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+            b"Content-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+            + b"GET /health HTTP/1.1\r\nHost: a\r\n"
+        )
+        time.sleep(0.2)
+        sock.sendall(b"Connection: close\r\n\r\n")
+        answers = _read_all(sock)
+        assert answers.startswith(b"HTTP/1.1 422") and b"HTTP/1.1 200" in answers, answers[:300]
     with _connect(server) as sock:  # over it, in one write
         sock.sendall(
             b"GET /health HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"p" * MAX_HEADER_BYTES + b"\r\n\r\n"
