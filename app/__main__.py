@@ -24,6 +24,7 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from app.config import ConfigError, Settings, load_settings
+from app.http_protocol import KEEP_ALIVE_SECONDS
 
 STARTUP_FAILED = 3
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # app.metrics is not imported here: see above
@@ -75,7 +76,9 @@ def _uvicorn_config(settings: Settings) -> uvicorn.Config:
         port=settings.port,
         workers=settings.web_concurrency,
         loop="uvloop",
-        http="httptools",
+        # httptools with a bound on headers and a header-read timeout (app/http_protocol.py)
+        http="app.http_protocol:BoundedHttpToolsProtocol",
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
         lifespan="on",
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,

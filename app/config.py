@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.mms.schemas import E164
@@ -275,6 +282,14 @@ class Settings(BaseSettings):
         ge=0,
         description="How long a synchronous send may wait for its pacing slot; beyond it "
         "the send is refused at once with 503 `send_rate_exceeded` and `Retry-After`.",
+    )
+    plivo_signature: Annotated[
+        Literal["v3", "v2", "any"],
+        BeforeValidator(lambda v: v.strip().lower() if isinstance(v, str) else v),
+    ] = Field(
+        "any",
+        description="Plivo signature schemes accepted on callbacks: `v3`, `v2`, or `any` "
+        "(V3 when present, else V2). Every nonce of a request is recorded either way.",
     )
 
     @field_validator("log_level", "app_env", "log_format", mode="before")

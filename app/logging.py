@@ -15,8 +15,20 @@ from typing import Any
 import orjson
 import structlog
 
-# E.164-looking digit runs (with or without "+"), not glued to words or hyphens (UUIDs).
+# Phone-shaped digit runs (with or without "+"), not glued to words or hyphens (UUIDs).
 _PHONE = re.compile(r"(?<![\w\-.])\+?\d{10,15}(?![\w\-])")
+# E.164 as the service writes numbers ("+" and 10-15 digits): masked in every value.
+_E164 = re.compile(r"(?<![\w\-.])\+\d{10,15}(?![\w\-])")
+# Values that hold numbers (Plivo writes them without "+"), or text that may quote one as
+# Plivo wrote it (its error messages, tracebacks): every phone-shaped run is masked there.
+# Anywhere else a bare digit run is not taken for a number (a 13-digit ms timestamp is not).
+_NUMBER_KEYS = frozenset(
+    {"to", "from", "from_", "number", "dst", "src", "destination", "recipient", "sender"}
+)
+_QUOTING_KEYS = frozenset({"error", "exception", "detail"})
+# Store drivers log statements with their parameters (message text, idempotency keys) at
+# DEBUG, whatever SQLAlchemy's hide_parameters says: they never go below WARNING.
+DRIVER_LOGGERS = ("aiosqlite", "asyncpg", "sqlalchemy", "sqlalchemy.engine", "sqlalchemy.pool")
 # Keys whose values are never logged, whatever they hold.
 _DROPPED_KEYS = frozenset({"text", "auth_token", "authorization", "api_key", "password", "secret"})
 
@@ -34,19 +46,26 @@ def _mask_match(match: re.Match[str]) -> str:
 
 
 def mask_text(value: str) -> str:
+    """Mask every phone-shaped run (with or without "+")."""
     return _PHONE.sub(_mask_match, value)
 
 
+def _holds_numbers(key: str) -> bool:
+    return key in _NUMBER_KEYS or key in _QUOTING_KEYS or key.endswith("_number")
+
+
 def _mask_values(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Mask phone numbers in every string value; drop None values and never-log keys."""
+    """Mask phone numbers (E.164 everywhere, any phone-shaped run in number fields and
+    quoted texts); drop None values and never-log keys."""
     event.pop("color_message", None)  # uvicorn's ANSI duplicate of the message
     for key, value in list(event.items()):
         if value is None:
             del event[key]
         elif key in _DROPPED_KEYS:
             event[key] = "[redacted]"
-        elif type(value) is str:
-            event[key] = _PHONE.sub(_mask_match, value)  # one C-level scan per value
+        elif type(value) is str:  # one C-level scan per value
+            pattern = _PHONE if _holds_numbers(key) else _E164
+            event[key] = pattern.sub(_mask_match, value)
     return event
 
 
@@ -128,7 +147,8 @@ def configure_logging(*, level: str, fmt: str, secrets: Iterable[str] = ()) -> N
     logging.getLogger("uvicorn.access").disabled = True
     # Alembic's INFO lines ("setup plugin ...", ~10 per migration) say less than our own
     # `migrated revision=...` line; its warnings and errors still show.
-    logging.getLogger("alembic").setLevel(max(numeric, logging.WARNING))
+    for name in (*DRIVER_LOGGERS, "alembic"):
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
 
 
 def get_logger(name: str) -> Any:

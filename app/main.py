@@ -221,6 +221,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # FastAPI's OpenTelemetry hooks: off, the service has its own metrics and logs
         # (when on and unconfigured they still cost a provider lookup per request).
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        redirect_slashes=False,  # a redirect would echo the Host header: plain 404 instead
     )
     app.state.settings = settings
     app.state.auth = Authenticator(settings.api_keys)

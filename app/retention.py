@@ -1,4 +1,4 @@
-"""Retention: messages and events older than RETENTION_DAYS are purged; nonces and
+"""Retention: messages, events and callback nonces older than RETENTION_DAYS are purged;
 idempotency records after 24 h. Runs shortly after start, then hourly, in every process
 (the deletes are idempotent, so replicas doing it too is harmless)."""
 

@@ -83,3 +83,67 @@ def test_alembic_logs_only_warnings_even_at_debug(capsys):
     logging.getLogger("alembic.runtime.migration").warning("something odd")
     lines = capsys.readouterr().out.splitlines()
     assert [json.loads(line)["event"] for line in lines] == ["something odd"]
+
+
+@pytest.mark.e2e
+def test_row11_store_drivers_log_no_text_key_or_number_at_debug(fake_plivo, tmp_path):
+    """Row 11: at LOG_LEVEL=debug aiosqlite's own logger printed every statement with its
+    parameters: the stored message text, the Idempotency-Key, the number."""
+    key = "idem-key-7f3a9c2e5b1d"
+    env = base_env(
+        fake_plivo.url,
+        LOG_LEVEL="debug",
+        STORE_MESSAGE_TEXT="true",
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/mms.db",
+    )
+    server = Server(env, tmp_path / "server.log").wait_healthy()
+    try:
+        body = {"to": NUMBER, "media_urls": ["https://e.x/a.png"], "text": TEXT}
+        response = httpx.post(
+            f"{server.url}/api/mms/send", json=body, headers={"Idempotency-Key": key}
+        )
+        assert response.status_code == 200
+        message_uuid = response.json()["messageUuid"][0]
+        assert httpx.get(f"{server.url}/api/mms/{message_uuid}").status_code == 200
+    finally:
+        assert server.terminate() == 0
+    logs = server.logs()
+    assert any('"level":"debug"' in line for line in logs.splitlines())  # debug was on
+    for leak in (TEXT, key, NUMBER, NUMBER[1:]):
+        assert leak not in logs, leak
+
+
+def test_row11_driver_loggers_stay_at_warning_whatever_log_level(capsys):
+    import logging
+
+    from app.logging import configure_logging
+
+    configure_logging(level="debug", fmt="json")
+    for name in ("aiosqlite", "asyncpg", "sqlalchemy.engine.Engine", "sqlalchemy.pool"):
+        logging.getLogger(name).debug("statement with %s", TEXT)
+        logging.getLogger(name).info("statement with %s", TEXT)
+    logging.getLogger("aiosqlite").warning("driver warning")
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["event"] for line in lines] == ["driver warning"]
+
+
+def test_row11_only_number_fields_mask_bare_digit_runs(capsys):
+    """Row 11: a 13-digit millisecond timestamp was masked as if it were a phone number.
+    Bare digit runs are masked in number fields (and in quoted texts: Plivo's errors,
+    tracebacks); E.164 numbers ("+") in every field."""
+    from app.logging import configure_logging, get_logger
+
+    configure_logging(level="debug", fmt="json")
+    get_logger("t").info(
+        "event",
+        at="1764624000000",
+        to="14155550123",
+        to_number="14155550124",
+        error="'14155550125' is not a valid phone number.",
+        note="forwarded to +14155550126",
+    )
+    [line] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert line["at"] == "1764624000000"
+    assert line["to"] == "1415***0123" and line["to_number"] == "1415***0124"
+    assert line["error"] == "'1415***0125' is not a valid phone number."
+    assert line["note"] == "forwarded to +1415***0126"

@@ -264,12 +264,10 @@ async def test_retention_purges_old_rows(store_url):
             )
         )
     await db.write(
-        IngestEvent("u-old", "sent", None, 1, "callback", nonce="n-old", received_at=old)
+        IngestEvent("u-old", "sent", None, 1, "callback", nonces=("n-old",), received_at=old)
     )
     async with db.engine.begin() as conn:
-        await conn.execute(
-            text("UPDATE callback_nonces SET seen_at = :t"), {"t": now_ms() - 25 * 3600_000}
-        )
+        await conn.execute(text("UPDATE callback_nonces SET seen_at = :t"), {"t": old})
     await purge_once(db, retention_days=90)
     async with db.read() as conn:
         ids = set((await conn.execute(select(messages.c.id))).scalars())

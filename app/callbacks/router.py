@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl
-
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
@@ -98,27 +96,16 @@ async def status_callback(request: Request) -> Response:
     if not settings.auth_token:
         # Sandbox mode has no token to check against: nothing could be verified.
         raise errors.InvalidSignature("Sandbox mode (no PLIVO_AUTH_TOKEN) accepts no callbacks.")
-    raw = await request.body()
-    pairs = parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
-    params: dict[str, str | list[str]] = {}
-    for key, value in pairs:
-        if key in params:  # repeated keys: the SDK signs them as a list
-            previous = params[key]
-            params[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
-        else:
-            params[key] = value
-    scheme, nonce = signature.verify(
+    params, verdict = await signature.read_signed_form(
+        request,
         url=_signed_url(request, settings.public_base_url),
-        params=params,
-        headers=request.headers,
         auth_token=settings.auth_token,
+        accepted=settings.plivo_signature,
     )
-    request.scope["state"]["signature"] = scheme
+    scheme = request.scope["state"]["signature"] = verdict.scheme
     metrics = request.app.state.metrics
-    uuid, status = params.get("MessageUUID"), params.get("Status")
-    if not isinstance(status, str) or not status:
-        status = None
-    if nonce is None:
+    uuid, status = params.get("MessageUUID"), params.get("Status") or None
+    if not verdict.signed:
         metrics.callback(status, scheme)  # the status of an unsigned body: a hint only
         raise errors.InvalidSignature("The callback is not signed by Plivo with our token.")
     error_code = params.get("ErrorCode")
@@ -134,7 +121,7 @@ async def status_callback(request: Request) -> Response:
         status=status,
         error_code=error_code if isinstance(error_code, str) else None,
         sequence=sequence if isinstance(sequence, str) else None,
-        nonce=nonce,
+        nonces=verdict.nonces,
         plivo_time=next(
             (
                 v

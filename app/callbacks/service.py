@@ -3,8 +3,16 @@ simulated deliveries and reconciliation lookups — so they all obey the same ru
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
+
 from app.store.db import Database, StoreUnavailable
 from app.store.repository import IngestEvent
+
+
+def nonce_key(nonce: str) -> str:
+    """What is stored for a nonce: its SHA-256 (fixed length, whatever Plivo sends)."""
+    return hashlib.sha256(nonce.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _sequence(value: str | None) -> int:
@@ -22,10 +30,12 @@ async def record_status(
     error_code: str | None = None,
     sequence: str | None = None,
     source: str = "callback",
-    nonce: str | None = None,
+    nonces: Iterable[str] = (),
     plivo_time: str | None = None,
 ) -> bool:
-    """Store the event and move the message's status forward. False for a replayed nonce."""
+    """Store the event and move the message's status forward. False when any of the
+    request's nonces was seen before (a replay): then nothing changes. All of them are
+    recorded in the same transaction."""
     if source == "callback" and db.records_pending:
         # Records of accepted sends wait in memory for the store: take nothing new until
         # they are written (503; Plivo retries its callbacks).
@@ -38,7 +48,7 @@ async def record_status(
             sequence=_sequence(sequence),
             source=source,
             plivo_time=plivo_time,
-            nonce=nonce,
+            nonces=tuple(dict.fromkeys(nonce_key(n) for n in nonces)),
         )
     )
     return fresh

@@ -9,7 +9,9 @@ a POST on a broken keep-alive connection (only idempotent methods).
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
+import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -135,18 +137,40 @@ class PlivoClient(ABC):
         """Release connections."""
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds (delta-seconds or an HTTP date); None when absent or bad."""
+# A Retry-After from Plivo reaches callers (and our own retry waits) at most this long.
+MAX_RETRY_AFTER_SECONDS = 300.0
+_DELTA_SECONDS = re.compile(r"[0-9]+")  # ASCII only: "²".isdigit() is True
+# RFC 9110 §5.6.7: IMF-fixdate, and the obsolete RFC 850 and asctime forms.
+_HTTP_DATE = re.compile(
+    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+    r" \d{4} \d\d:\d\d:\d\d GMT"
+    r"|(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), \d\d-[A-Z][a-z]{2}-\d\d"
+    r" \d\d:\d\d:\d\d GMT"
+    r"|(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4}",
+    re.ASCII,
+)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds, capped at MAX_RETRY_AFTER_SECONDS: delta-seconds (ASCII
+    digits) or an HTTP-date. None when absent or anything else: a value that does not
+    parse counts as no value (the caller's own default applies)."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    if _DELTA_SECONDS.fullmatch(value):
+        seconds = float(value) if len(value) <= 12 else MAX_RETRY_AFTER_SECONDS
+    elif _HTTP_DATE.fullmatch(value):
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, OverflowError):
+            return None
+        if when.tzinfo is None:  # asctime carries no zone: HTTP dates are always GMT
+            when = when.replace(tzinfo=UTC)
+        seconds = max(0.0, when.timestamp() - (time.time() if now is None else now))
+    else:
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return min(seconds, MAX_RETRY_AFTER_SECONDS)
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
@@ -168,12 +192,23 @@ def parse_plivo_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+_UUID = re.compile(r"[A-Za-z0-9_.:-]{1,64}", re.ASCII)
+
+
+def usable_uuid(value: Any) -> bool:
+    """A message_uuid the store can hold and a URL path can carry: Plivo's are 36-character
+    UUIDs; anything up to 64 plain characters is taken."""
+    return isinstance(value, str) and _UUID.fullmatch(value) is not None
+
+
 def to_message(data: dict[str, Any]) -> PlivoMessage:
-    error_code = data.get("error_code")
+    code = data.get("error_code")
+    error_code = str(code) if code not in (None, "", "000") else None
     return PlivoMessage(
         message_uuid=str(data.get("message_uuid", "")),
         state=str(data.get("message_state", "")),
-        error_code=str(error_code) if error_code not in (None, "", "000") else None,
+        # Plivo's codes have at most 4 digits; anything longer is not one (nor storable).
+        error_code=error_code if error_code is None or len(error_code) <= 8 else None,
         to_number=str(data.get("to_number", "")),
         message_time=parse_plivo_time(data.get("message_time")),
         raw=data,
@@ -240,9 +275,13 @@ class AiohttpPlivoClient(PlivoClient):
             uuids = data.get("message_uuid") if data else None
             if not data or not isinstance(uuids, list) or not uuids:
                 raise PlivoBadResponse(status, "no message_uuid in the answer")
+            if not all(usable_uuid(u) for u in uuids):
+                # Not storable as it is (e.g. longer than the column): an unknown outcome,
+                # stored without a uuid and settled by reconciliation, never a lost row.
+                raise PlivoBadResponse(status, "a message_uuid the service cannot store")
             return Accepted(
-                api_id=str(data.get("api_id", "")),
-                message_uuids=[str(u) for u in uuids],
+                api_id=str(data.get("api_id", ""))[:64],
+                message_uuids=list(uuids),
                 message=str(data.get("message") or "message(s) queued"),
             )
         raise _http_error(status, data, retry_after)
@@ -256,7 +295,8 @@ class AiohttpPlivoClient(PlivoClient):
             return None
         if status != 200 or data is None:
             raise _http_error(status, data, retry_after)
-        return to_message(data)
+        # The record of the uuid we asked about, whatever uuid the answer spells.
+        return dataclasses.replace(to_message(data), message_uuid=message_uuid)
 
     async def list_messages(
         self, *, to: str, since: datetime, until: datetime, timeout: float
@@ -274,7 +314,12 @@ class AiohttpPlivoClient(PlivoClient):
         if status != 200 or data is None:
             raise _http_error(status, data, retry_after)
         objects = data.get("objects") or []
-        return [to_message(o) for o in objects if isinstance(o, dict)]
+        # A record whose uuid could not be stored is of no use to reconciliation.
+        return [
+            to_message(o)
+            for o in objects
+            if isinstance(o, dict) and usable_uuid(o.get("message_uuid"))
+        ]
 
 
 def _http_error(status: int, data: dict[str, Any] | None, retry_after: str | None) -> PlivoError:

@@ -26,8 +26,11 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.logging import get_logger
 from app.store.db import BatchedOp
 from app.store.tables import callback_nonces, events, idempotency_keys, messages
+
+log = get_logger("app.store")
 
 # Order: unknown < queued < sent < final ones; the first final status stays.
 STATUS_RANK = {
@@ -138,6 +141,32 @@ _finish_message = (
 )
 
 
+async def _drop_repeated_uuids(conn: AsyncConnection, ops: Sequence[Any]) -> None:
+    """A message_uuid Plivo already gave another message cannot be stored twice (it is
+    unique), and a failed write would lose the row. The row is kept without it, as an
+    unknown outcome: reconciliation then finds Plivo's record by number and time."""
+    wanted = {op.row["message_uuid"] for op in ops if op.row.get("message_uuid")}
+    if not wanted:
+        return
+    taken = select(messages.c.message_uuid, messages.c.id).where(
+        messages.c.message_uuid.in_(wanted)
+    )
+    holders: dict[str, str] = {u: i for u, i in (await conn.execute(taken)).all()}
+    for op in ops:
+        uuid = op.row.get("message_uuid")
+        if not uuid:
+            continue
+        holder = holders.setdefault(uuid, op.row["id"])
+        if holder != op.row["id"]:
+            log.error("plivo_uuid_repeated", message_id=op.row["id"], message_uuid=uuid)
+            op.row = {
+                **op.row,
+                "message_uuid": None,
+                "status": "unknown",
+                "status_rank": STATUS_RANK["unknown"],
+            }
+
+
 @dataclass
 class RecordMessage(BatchedOp):
     """Record a send's message row (before its response is returned); events that arrived
@@ -152,6 +181,7 @@ class RecordMessage(BatchedOp):
 
     @classmethod
     async def run_many(cls, conn: AsyncConnection, ops: Sequence[Any]) -> list[Any]:
+        await _drop_repeated_uuids(conn, ops)
         new = [op.row for op in ops if not op.existing]
         if new:
             await conn.execute(messages.insert(), new)
@@ -181,9 +211,11 @@ class RecordMessage(BatchedOp):
 
 @dataclass
 class IngestEvent(BatchedOp):
-    """A delivery report: store it (unless its nonce was seen) and move the status forward.
+    """A delivery report: store it (unless a nonce of its request was seen) and move the
+    status forward.
 
-    Returns False when the nonce was already seen (a replay: nothing changes)."""
+    Every nonce is recorded; returns False when any of them was already seen, in the store
+    or earlier in the same batch (a replay: nothing changes)."""
 
     message_uuid: str
     status: str
@@ -191,13 +223,13 @@ class IngestEvent(BatchedOp):
     sequence: int
     source: str
     plivo_time: str | None = None
-    nonce: str | None = None
+    nonces: tuple[str, ...] = ()
     received_at: int = field(default_factory=now_ms)
 
     @classmethod
     async def run_many(cls, conn: AsyncConnection, ops: Sequence[Any]) -> list[Any]:
         fresh = list(ops)
-        nonces = [op.nonce for op in ops if op.nonce]
+        nonces = [n for op in ops for n in op.nonces]
         if nonces:
             result = await conn.execute(
                 insert_ignore(conn, callback_nonces).returning(callback_nonces.c.nonce),
@@ -205,12 +237,10 @@ class IngestEvent(BatchedOp):
             )
             new = {row.nonce for row in result}
             fresh, seen_in_batch = [], set()
-            for op in ops:
-                if op.nonce is None:
+            for op in ops:  # as if one after the other: each records all of its nonces
+                if all(n in new and n not in seen_in_batch for n in op.nonces):
                     fresh.append(op)
-                elif op.nonce in new and op.nonce not in seen_in_batch:
-                    seen_in_batch.add(op.nonce)
-                    fresh.append(op)
+                seen_in_batch.update(op.nonces)
         if fresh:
             await conn.execute(
                 insert_ignore(conn, events),
@@ -375,7 +405,7 @@ async def purge(conn: AsyncConnection, *, retention_ms: int, day_ms: int = 86_40
     for statement in (
         delete(messages).where(messages.c.created_at < now - retention_ms),
         delete(events).where(events.c.received_at < now - retention_ms),
-        delete(callback_nonces).where(callback_nonces.c.seen_at < now - day_ms),
+        delete(callback_nonces).where(callback_nonces.c.seen_at < now - retention_ms),
         delete(idempotency_keys).where(idempotency_keys.c.created_at < now - day_ms),
     ):
         deleted += (await conn.execute(statement)).rowcount or 0

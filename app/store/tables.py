@@ -63,7 +63,8 @@ events = Table(
 )
 Index("ix_events_received", events.c.received_at)
 
-# Nonces of signed callbacks seen in the last 24 h: a replay changes nothing.
+# Nonces (SHA-256) of signed callbacks, kept as long as messages: a replay changes nothing,
+# however late (a V2 signature does not cover the body).
 callback_nonces = Table(
     "callback_nonces",
     metadata,
