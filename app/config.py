@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.mms.schemas import E164
+from app.phone import E164
 
 SANDBOX_SENDER = "+14155550000"
 

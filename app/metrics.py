@@ -34,6 +34,7 @@ from starlette.types import Scope
 
 from app import errors
 from app.paths import SEND_PATH
+from app.status import STATUSES
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -45,37 +46,12 @@ COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.
 # Label values that come from clients or from Plivo are mapped onto fixed sets, so no
 # one can create series at will (each series costs memory here and in Prometheus).
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_CALLBACK_STATUSES = frozenset(
-    {"unknown", "queued", "sent", "delivered", "undelivered", "failed", "rejected", "not_sent"}
-)
+_CALLBACK_STATUSES = frozenset(STATUSES)
 # Send codes that have no `code` in the request state yet (raised before the send router's
 # own error handling: validation, auth, the body limit).
-_CODE_BY_STATUS = {
-    200: "ok",
-    401: "unauthorized",
-    413: "payload_too_large",
-    422: "validation_error",
-}
-SEND_CODES = (
-    "ok",
-    "validation_error",
-    "payload_too_large",
-    "unauthorized",
-    "rate_limited",
-    "destination_rate_limited",
-    "quota_exceeded",
-    "idempotency_key_reused",
-    "idempotency_in_progress",
-    "idempotent_replay",
-    "plivo_rejected",
-    "upstream_auth_failed",
-    "upstream_error",
-    "upstream_rate_limited",
-    "upstream_unavailable",
-    "upstream_timeout",
-    "service_unavailable",
-    "internal_error",
-)
+_EARLY_ERRORS = (errors.Unauthorized, errors.PayloadTooLarge, errors.ValidationFailed)
+_CODE_BY_STATUS = {200: "ok", **{error.status: error.code for error in _EARLY_ERRORS}}
+SEND_CODES = ("ok", "idempotent_replay", *(error.code for error in errors.SEND_ERRORS))
 PLIVO_OUTCOMES = ("accepted", "unreachable", "dropped", "timeout", "bad_response")
 CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 

@@ -26,8 +26,9 @@ from app.callbacks.service import record_status
 from app.config import Settings
 from app.logging import get_logger
 from app.plivo.client import PlivoClient, PlivoError, PlivoMessage
+from app.status import FINAL_RANK, STATUS_RANK, MessageStatus
 from app.store.db import Database, FunctionOp
-from app.store.repository import FINAL_RANK, STATUS_RANK, now_ms
+from app.store.repository import now_ms
 from app.store.tables import messages
 
 log = get_logger("app.reconcile")
@@ -226,7 +227,9 @@ class Reconciler:
         elif give_up and (current.message_uuid is not None or settle_unknown):
             values["next_check_at"] = None  # settled as it is
             if current.message_uuid is None:  # Plivo never had it
-                values.update(status="not_sent", status_rank=FINAL_RANK, updated_at=now_ms())
+                values.update(
+                    status=MessageStatus.NOT_SENT, status_rank=FINAL_RANK, updated_at=now_ms()
+                )
             log.info("reconcile_gave_up", message_id=row["id"], status=values.get("status"))
         else:
             base = int(self.settings.reconcile_after_seconds * 1000) or 1000

@@ -25,21 +25,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.status import FINAL_RANK, STATUS_RANK
 from app.store.db import BatchedOp
 from app.store.tables import callback_nonces, events, idempotency_keys, messages
-
-# SPEC order: unknown < queued < sent < final ones; the first final status stays.
-STATUS_RANK = {
-    "unknown": 0,
-    "queued": 1,
-    "sent": 2,
-    "delivered": 3,
-    "undelivered": 3,
-    "failed": 3,
-    "rejected": 3,
-    "not_sent": 3,
-}
-FINAL_RANK = 3
 
 # Meaning of Plivo's error codes (../shared/PLIVO.md §3.4).
 ERROR_MESSAGES = {
