@@ -12,13 +12,10 @@ vary) and kept in plain dicts, so a request costs a dict lookup and a few locked
 
 from __future__ import annotations
 
-import hmac
 import os
 from typing import Any
 
-from fastapi import APIRouter, Request
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -29,7 +26,6 @@ from prometheus_client import (
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
-from starlette.responses import Response
 from starlette.types import Scope
 
 from app import errors
@@ -295,39 +291,3 @@ class Metrics:
         """Drop this worker's `live*` gauge values (its in-flight count, breaker state...)."""
         if self.multiproc_dir is not None:
             multiprocess.mark_process_dead(os.getpid(), self.multiproc_dir)  # type: ignore[no-untyped-call]
-
-
-router = APIRouter(tags=["operations"])
-
-
-def _authorized(request: Request, token: str) -> bool:
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(credentials.strip().encode(), token.encode())
-
-
-@router.get(
-    "/metrics",
-    summary="Prometheus metrics (text format)",
-    response_class=Response,
-    responses={
-        200: {
-            "description": "Prometheus text exposition format",
-            "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
-        },
-        **errors.problem_responses(errors.Unauthorized, errors.InternalError),
-    },
-)
-def metrics(request: Request) -> Response:
-    """Not rate-limited, no API key; wants `Authorization: Bearer <METRICS_TOKEN>` when set."""
-    # A plain `def`: FastAPI runs it in the thread pool, so reading the multiprocess files
-    # and rendering never hold up the event loop.
-    token = request.app.state.settings.metrics_token
-    if token is not None and not _authorized(request, token.get_secret_value()):
-        raise errors.Unauthorized(
-            "A valid METRICS_TOKEN is required as a Bearer token.",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    body = request.app.state.metrics.render()
-    return Response(body, media_type=CONTENT_TYPE_LATEST)

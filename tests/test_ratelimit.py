@@ -104,7 +104,7 @@ async def test_redis_unreachable_falls_back_to_memory(settings_factory, client_f
     settings = settings_factory(rate_limit="2/minute", rate_limit_storage_url=url)
     async with client_for(settings) as client:
         statuses = [(await client.post("/api/mms/send", json=VALID)).status_code for _ in range(3)]
-        assert client.fastapi_app.state.limit_store.degraded is True
+        assert client.services.limits.store.degraded is True
     assert statuses == [200, 200, 429]
 
 

@@ -20,7 +20,6 @@ from app.errors import (
 )
 from app.ids import random_id
 from app.logging import get_logger
-from app.mms.idempotency import ReleaseKey, TakeKey, fingerprint, lease_ms
 from app.mms.schemas import EventOut, MessageOut, SendRequest, SendResponse
 from app.paths import CALLBACK_PATH
 from app.plivo.client import Accepted, OutboundMms
@@ -29,6 +28,7 @@ from app.ratelimit import Limits
 from app.reconcile import first_check_at
 from app.status import MessageStatus
 from app.store.db import Database, StoreUnavailable
+from app.store.idempotency import ReleaseKey, TakeKey, fingerprint, lease_ms
 from app.store.repository import ERROR_MESSAGES, RecordMessage, idempotency_completion, now_ms
 
 log = get_logger("app.mms")
