@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import gc
 import signal
@@ -14,8 +15,10 @@ from types import FrameType
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.routing import APIRoute, request_response
 from sqlalchemy.exc import DBAPIError
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 
 from app import __version__, errors, health, openapi
 from app.auth import Authenticator
@@ -165,6 +168,18 @@ async def _on_store_unavailable(request: Request, exc: Exception) -> Response:
     return errors.problem_response(error, errors.request_id_of(request))
 
 
+def _bound_to(app: FastAPI, route: BaseRoute) -> BaseRoute:
+    """This app's copy of a module router's route: its handler looks up dependency
+    overrides in `app.dependency_overrides` (as include_router() would arrange), and the
+    router's route stays untouched for the next app built in this process."""
+    if not isinstance(route, APIRoute):
+        return route
+    bound = copy.copy(route)
+    bound.dependency_overrides_provider = app
+    bound.app = request_response(bound.get_route_handler())  # as APIRoute.__init__ does
+    return bound
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     configure_logging(
@@ -206,7 +221,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (callbacks_router, mms_router, health.router):
         # The routes themselves, not include_router(): FastAPI 0.165 keeps an included
         # router as a nested matcher, and walking it cost ~60 µs per request here.
-        app.router.routes.extend(router.routes)
+        app.router.routes.extend(_bound_to(app, route) for route in router.routes)
     if docs:
         install_docs(app)
     # Outermost last: request id and log line around everything, then the per-IP limit
