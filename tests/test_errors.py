@@ -61,3 +61,25 @@ def test_config_imports_nothing_from_the_routes():
     code = "import sys, app.config; print([m for m in sys.modules if m.startswith('app.mms')])"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+async def test_every_unexpected_failure_takes_the_one_500_path(client):
+    """A bug (an exception, or an HTTPException the service never raises on purpose) is
+    answered by the request middleware alone: 500 problem+json with the request id."""
+    from starlette.exceptions import HTTPException
+
+    async def teapot() -> None:
+        raise HTTPException(418)
+
+    async def bug() -> None:
+        raise RuntimeError("bug")
+
+    client.fastapi_app.add_api_route("/teapot", teapot)
+    client.fastapi_app.add_api_route("/bug", bug)
+    for path in ("/teapot", "/bug"):
+        response = await client.get(path)
+        assert response.status_code == 500
+        assert response.headers["content-type"] == errors.PROBLEM_MEDIA_TYPE
+        body = response.json()
+        assert body["code"] == "internal_error"
+        assert body["requestId"] == response.headers["x-request-id"]
