@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -34,9 +35,7 @@ async def test_caller_dependency_can_be_overridden(authed, fake_plivo):
 
 async def test_services_dependency_can_be_overridden(client, fake_plivo):
     """Every route reads the lifespan's services through `get_services`, never app.state."""
-    real = client.services
-    draining = type(real)(**{f: getattr(real, f) for f in real.__dataclass_fields__})
-    draining.draining = True
+    draining = dataclasses.replace(client.services, draining=True)
     client.fastapi_app.dependency_overrides[get_services] = lambda: draining
     try:
         response = await client.get("/ready")
