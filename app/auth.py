@@ -1,16 +1,28 @@
-"""API keys: `Authorization: Bearer <key>` or `X-API-Key: <key>`, compared in constant time."""
+"""API keys: `Authorization: Bearer <key>` or `X-API-Key: <key>`, compared in constant time.
+
+The headers are read by FastAPI's security classes (so the OpenAPI schema declares both
+schemes); they never refuse on their own (`auto_error=False`): the refusal is ours, a
+problem+json 401 with `WWW-Authenticate: Bearer`.
+"""
 
 from __future__ import annotations
 
 import hmac
 
-from fastapi import Request
+from fastapi.security import APIKeyHeader, HTTPBearer
 
 from app.config import ApiKey
 from app.errors import Unauthorized
 
 ANONYMOUS = "anonymous"  # the caller name when API_KEYS is empty (auth off)
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="mms-gateway"'}
+
+bearer_scheme = HTTPBearer(
+    scheme_name="bearer", description="An API key as a Bearer token", auto_error=False
+)
+api_key_scheme = APIKeyHeader(
+    name="X-API-Key", scheme_name="apiKey", description="An API key", auto_error=False
+)
 
 
 class Authenticator:
@@ -30,20 +42,12 @@ class Authenticator:
                 found = name
         return found
 
-    def caller(self, request: Request) -> str:
-        """The caller's name; raises Unauthorized (401 + WWW-Authenticate)."""
+    def caller(self, presented: str | None) -> str:
+        """The presented key's name; raises Unauthorized (401 + WWW-Authenticate)."""
         if not self._keys:
             return ANONYMOUS
-        headers = request.headers
-        authorization = headers.get("authorization")
-        if authorization is not None:
-            scheme, _, token = authorization.partition(" ")
-            presented = token.strip() if scheme.lower() == "bearer" else ""
-        else:
-            presented = headers.get("x-api-key", "")
         name = self.identify(presented) if presented else None
         if name is None:
             detail = "Send a valid API key as `Authorization: Bearer <key>` or `X-API-Key`."
             raise Unauthorized(detail, headers=dict(CHALLENGE))
-        request.scope["state"]["caller"] = name
         return name

@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.mms.schemas import E164
+from app.phone import E164
 
 SANDBOX_SENDER = "+14155550000"
 MIN_SECRET_LENGTH = 16

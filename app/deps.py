@@ -1,44 +1,91 @@
-"""Typed dependency aliases: every route receives its context through these.
+"""Typed dependencies: every route receives its context through these aliases.
 
-Few and async on purpose: FastAPI runs plain `def` dependencies in the thread pool, and
-each dependency costs ~20 µs of solving per request — so the service's long-lived
-objects come as one `Services` bundle, and the caller's identity as the other.
+The service's long-lived objects are built once by the lifespan, which yields them as its
+state (`LifespanState`); the server hands each request a copy of that state, read here
+through `request.state` — never through `app.state`. Tests replace any of these through
+`app.dependency_overrides`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, TypedDict
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
+from fastapi.security import HTTPAuthorizationCredentials
 
+from app.auth import Authenticator, api_key_scheme, bearer_scheme
 from app.config import Settings
 from app.pacing import Pacer
 from app.plivo.sender import Sender
 from app.ratelimit import Limits
 from app.store.db import Database
 
+if TYPE_CHECKING:  # only for the annotations: the metrics and the reconciler import no route
+    from app.metrics import Metrics
+    from app.reconcile import Reconciler
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class Services:
     """What the routes work with, built once in the lifespan."""
 
     settings: Settings
-    sender: Sender
+    auth: Authenticator
+    metrics: Metrics
     limits: Limits
     db: Database
+    sender: Sender
+    reconciler: Reconciler
     pacer: Pacer | None = None  # None: SEND_RATE=0, pacing off
+    draining: bool = False  # set on SIGTERM and at shutdown: /ready answers 503
+
+
+class LifespanState(TypedDict):
+    services: Services
 
 
 async def get_services(request: Request) -> Services:
-    services: Services = request.app.state.services
+    services: Services = request.state.services
     return services
 
 
-async def get_caller(request: Request) -> str:
-    """The API key's name (401 without a valid key); `anonymous` when auth is off."""
-    return str(request.app.state.auth.caller(request))
-
-
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def get_caller(
+    request: Request,
+    services: ServicesDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    api_key: Annotated[str | None, Depends(api_key_scheme)],
+) -> str:
+    """The API key's name (401 without a valid key); `anonymous` when auth is off.
+
+    An `Authorization` header decides on its own: one that is not a Bearer token is
+    refused, never completed by an `X-API-Key` sent along with it.
+    """
+    if bearer is not None:
+        presented: str | None = bearer.credentials
+    elif "authorization" in request.headers:
+        presented = None
+    else:
+        presented = api_key
+    name = services.auth.caller(presented)
+    request.scope["state"]["caller"] = name  # for the request's log line
+    return name
+
+
 CallerDep = Annotated[str, Depends(get_caller)]
+
+IdempotencyKeyDep = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[ -~]+$",  # printable ASCII
+        description="1-255 printable ASCII characters. A repeat with the same key and body "
+        "replays the stored response (`Idempotent-Replayed: true`) without a second send; "
+        "kept 24 h per API key.",
+    ),
+]

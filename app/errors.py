@@ -11,10 +11,13 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from app.logging import get_logger
+from app.status import MessageStatus
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-log = get_logger("app.errors")
+
+
+class _Unset:
+    """No outcome given: the class's own applies."""
 
 
 class FieldError(BaseModel):
@@ -36,11 +39,27 @@ class Problem(BaseModel):
 
 
 class AppError(Exception):
-    """Base of every error the service answers on purpose."""
+    """Base of every error the service answers on purpose.
+
+    Each subclass carries its HTTP status, its stable `code` and `title`, and what it means
+    for a send:
+
+    - `outcome`: what a send that failed this way leaves behind. None: Plivo certainly does
+      not have the message, nothing is stored and an Idempotency-Key is released (the same
+      key may be retried). `unknown`: Plivo may have it; the message row and the response
+      are stored (a retry with the key replays them) and reconciliation finds out.
+      `rejected`: Plivo refused it for good; stored likewise. An instance may override its
+      class's outcome (`outcome=`) where one error code covers both cases.
+    - `retryable`: the same request may succeed later, unchanged (a transient refusal that
+      stored nothing). The sender retries, within the send's deadline, exactly those of
+      Plivo's answers that map to a retryable error.
+    """
 
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
     title: ClassVar[str] = "Internal server error"
+    outcome: MessageStatus | None = None
+    retryable: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -49,48 +68,146 @@ class AppError(Exception):
         headers: dict[str, str] | None = None,
         plivo_api_id: str | None = None,
         errors: list[dict[str, str]] | None = None,
+        outcome: MessageStatus | type[_Unset] | None = _Unset,
     ) -> None:
         super().__init__(detail or self.title)
         self.detail = detail or self.title
         self.headers = headers or {}
         self.plivo_api_id = plivo_api_id
         self.errors = errors
+        if outcome is not _Unset:
+            self.outcome = outcome  # type: ignore[assignment]
 
 
-def _error(status: int, code: str, title: str) -> type[AppError]:
-    return type(
-        "".join(p.capitalize() for p in code.split("_")),
-        (AppError,),
-        {"status": status, "code": code, "title": title},
-    )
+# The caller's request --------------------------------------------------------------------
+class ValidationFailed(AppError):
+    status = 422
+    code = "validation_error"
+    title = "Request validation failed"
 
 
-ValidationFailed = _error(422, "validation_error", "Request validation failed")
-PayloadTooLarge = _error(413, "payload_too_large", "Request body too large")
-Unauthorized = _error(401, "unauthorized", "Missing or invalid credentials")
-InvalidSignature = _error(403, "invalid_signature", "Missing or invalid Plivo signature")
-NotFound = _error(404, "not_found", "Not found")
-MethodNotAllowed = _error(405, "method_not_allowed", "Method not allowed")
-RateLimited = _error(429, "rate_limited", "Too many requests from this client")
-DestinationRateLimited = _error(
-    429, "destination_rate_limited", "Too many messages to this destination"
-)
-QuotaExceeded = _error(429, "quota_exceeded", "Daily quota of this API key used up")
-IdempotencyKeyReused = _error(
-    422, "idempotency_key_reused", "Idempotency-Key reused with a different request"
-)
-IdempotencyInProgress = _error(
-    409, "idempotency_in_progress", "A request with this Idempotency-Key is in progress"
-)
-PlivoRejected = _error(400, "plivo_rejected", "Plivo rejected the message")
-UpstreamAuthFailed = _error(502, "upstream_auth_failed", "Plivo refused our credentials")
-UpstreamError = _error(502, "upstream_error", "Plivo failed to answer properly")
-UpstreamRateLimited = _error(503, "upstream_rate_limited", "Plivo is rate-limiting us")
-UpstreamUnavailable = _error(503, "upstream_unavailable", "Plivo is unavailable")
-UpstreamTimeout = _error(504, "upstream_timeout", "Plivo did not answer in time")
-InternalError = _error(500, "internal_error", "Internal server error")
-ServiceUnavailable = _error(503, "service_unavailable", "A dependency of the service failed")
-NotReady = _error(503, "not_ready", "This replica is not ready")
+class PayloadTooLarge(AppError):
+    status = 413
+    code = "payload_too_large"
+    title = "Request body too large"
+
+
+class Unauthorized(AppError):
+    status = 401
+    code = "unauthorized"
+    title = "Missing or invalid credentials"
+
+
+class InvalidSignature(AppError):
+    status = 403
+    code = "invalid_signature"
+    title = "Missing or invalid Plivo signature"
+
+
+class NotFound(AppError):
+    status = 404
+    code = "not_found"
+    title = "Not found"
+
+
+class MethodNotAllowed(AppError):
+    status = 405
+    code = "method_not_allowed"
+    title = "Method not allowed"
+
+
+class IdempotencyKeyReused(AppError):
+    status = 422
+    code = "idempotency_key_reused"
+    title = "Idempotency-Key reused with a different request"
+
+
+class IdempotencyInProgress(AppError):
+    status = 409
+    code = "idempotency_in_progress"
+    title = "A request with this Idempotency-Key is in progress"
+    retryable = True
+
+
+# Limits ----------------------------------------------------------------------------------
+class RateLimited(AppError):
+    status = 429
+    code = "rate_limited"
+    title = "Too many requests from this client"
+    retryable = True
+
+
+class DestinationRateLimited(AppError):
+    status = 429
+    code = "destination_rate_limited"
+    title = "Too many messages to this destination"
+    retryable = True
+
+
+class QuotaExceeded(AppError):
+    status = 429
+    code = "quota_exceeded"
+    title = "Daily quota of this API key used up"
+    retryable = True
+
+
+# Plivo's answer (or silence) -------------------------------------------------------------
+class PlivoRejected(AppError):
+    status = 400
+    code = "plivo_rejected"
+    title = "Plivo rejected the message"
+    outcome = MessageStatus.REJECTED
+
+
+class UpstreamAuthFailed(AppError):
+    status = 502
+    code = "upstream_auth_failed"
+    title = "Plivo refused our credentials"
+
+
+class UpstreamError(AppError):
+    """Plivo's answer was an error or could not be read: it may have queued the message
+    (unless the instance says otherwise, e.g. a 4xx that certainly took nothing)."""
+
+    status = 502
+    code = "upstream_error"
+    title = "Plivo failed to answer properly"
+    outcome = MessageStatus.UNKNOWN
+
+
+class UpstreamRateLimited(AppError):
+    status = 503
+    code = "upstream_rate_limited"
+    title = "Plivo is rate-limiting us"
+    retryable = True
+
+
+class UpstreamUnavailable(AppError):
+    status = 503
+    code = "upstream_unavailable"
+    title = "Plivo is unavailable"
+    retryable = True
+
+
+class UpstreamTimeout(AppError):
+    status = 504
+    code = "upstream_timeout"
+    title = "Plivo did not answer in time"
+    outcome = MessageStatus.UNKNOWN
+
+
+# The service itself ----------------------------------------------------------------------
+class InternalError(AppError):
+    status = 500
+    code = "internal_error"
+    title = "Internal server error"
+
+
+class ServiceUnavailable(AppError):
+    status = 503
+    code = "service_unavailable"
+    title = "A dependency of the service failed"
+    retryable = True
 
 
 class SendRateExceeded(AppError):
@@ -99,6 +216,36 @@ class SendRateExceeded(AppError):
     status = 503
     code = "send_rate_exceeded"
     title = "Sends toward Plivo are at the configured rate"
+    retryable = True
+
+
+class NotReady(AppError):
+    status = 503
+    code = "not_ready"
+    title = "This replica is not ready"
+    retryable = True
+
+
+# What POST /api/mms/send can answer (its OpenAPI responses and its metric's label values).
+SEND_ERRORS: tuple[type[AppError], ...] = (
+    ValidationFailed,
+    PayloadTooLarge,
+    Unauthorized,
+    RateLimited,
+    DestinationRateLimited,
+    QuotaExceeded,
+    IdempotencyKeyReused,
+    IdempotencyInProgress,
+    PlivoRejected,
+    UpstreamAuthFailed,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+    UpstreamTimeout,
+    SendRateExceeded,
+    ServiceUnavailable,
+    InternalError,
+)
 
 
 def invalid(location: tuple[str, ...], message: str) -> RequestValidationError:
@@ -182,21 +329,17 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     elif exc.status_code == 400:  # Starlette's body-parsing failures
         error = ValidationFailed("The request body could not be read.", errors=[])
     else:
-        error = InternalError()
+        # No other HTTPException is raised on purpose: a bug, answered like any other
+        # unexpected exception by the one 500 path (app/middleware.py).
+        raise exc
     error.headers.update(exc.headers or {})
     return problem_response(error, request_id_of(request))
-
-
-async def _on_unexpected(request: Request, exc: Exception) -> Response:
-    log.error("unhandled_exception", exc_info=exc, path=request.url.path)
-    return problem_response(InternalError("An unexpected error occurred."), request_id_of(request))
 
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _on_app_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
-    app.add_exception_handler(Exception, _on_unexpected)
 
 
 def problem_responses(*errors: type[AppError]) -> dict[int | str, dict[str, Any]]:

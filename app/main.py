@@ -3,39 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import gc
 import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute, request_response
 from sqlalchemy.exc import DBAPIError
 from starlette.responses import Response
-from starlette.routing import Match, Route
-from starlette.types import Scope
+from starlette.routing import BaseRoute
 
-from app import __version__, errors, health
+from app import __version__, errors, health, openapi
 from app.auth import Authenticator
 from app.callbacks.router import router as callbacks_router
-from app.callbacks.router import status_callback
 from app.callbacks.service import record_status
 from app.config import ConfigError, Settings, load_settings
-from app.deps import Services
+from app.deps import LifespanState, Services
 from app.docs import install_docs
 from app.logging import configure_logging, get_logger
 from app.metrics import Metrics, multiprocess_dir
-from app.metrics import router as metrics_router
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.mms.router import router as mms_router
-from app.mms.router import send_mms
-from app.mms.schemas import SendRequest
 from app.pacing import Pacer
-from app.paths import CALLBACK_PATH, SEND_PATH
 from app.plivo.breaker import CircuitBreaker
 from app.plivo.client import AiohttpPlivoClient, PlivoClient
 from app.plivo.sandbox import SandboxPlivoClient
@@ -59,17 +55,6 @@ def _plivo_client(settings: Settings) -> PlivoClient:
     )
 
 
-class HotRoute(Route):
-    """A plain Starlette route that names itself in the scope, as FastAPI's routes do
-    (the access log and the metrics label requests by `scope["route"].path`)."""
-
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        match, child_scope = super().matches(scope)
-        if match is not Match.NONE:
-            child_scope["route"] = self
-        return match, child_scope
-
-
 GC_THRESHOLDS = (20_000, 50, 50)  # Python's default is (700, 10, 10)
 
 
@@ -87,7 +72,7 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def _drain_on_sigterm(app: FastAPI) -> None:
+def _drain_on_sigterm(services: Services) -> None:
     """Turn /ready to 503 the moment SIGTERM arrives, then let uvicorn's handler run.
 
     uvicorn installs its handlers before the lifespan starts and restores its predecessors
@@ -98,27 +83,36 @@ def _drain_on_sigterm(app: FastAPI) -> None:
         return
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        app.state.draining = True
+        services.draining = True
         log.warning("draining", reason="SIGTERM")
         previous(signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
+@dataclass(frozen=True, slots=True)
+class _Built:
+    """What create_app builds before the lifespan (the middleware needs the limits)."""
+
+    settings: Settings
+    auth: Authenticator
+    metrics: Metrics
+    limits: Limits
+
+
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    app.state.draining = False
-    metrics: Metrics = app.state.metrics
+async def _lifespan(app: FastAPI, built: _Built) -> AsyncIterator[LifespanState]:
+    """Start what the routes need and yield it as the lifespan state (each request gets
+    it as `request.state`); stop it all at shutdown."""
+    settings, metrics = built.settings, built.metrics
     db = Database(
         settings.database_url, on_batch=metrics.store_batch, on_health=metrics.store_health
     )
     await db.start()  # migrations under a lock, then the group-commit writer
-    app.state.db = db
     client = _plivo_client(settings)
     if isinstance(client, SandboxPlivoClient):
         client.deliver = functools.partial(record_status, db, source="sandbox")
-    app.state.sender = Sender(
+    sender = Sender(
         client,
         timeout_seconds=settings.plivo_timeout_seconds,
         max_concurrency=settings.plivo_max_concurrency,
@@ -130,29 +124,37 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         on_attempt=metrics.plivo_attempt,
         on_in_flight=metrics.set_plivo_in_flight,
     )
-    app.state.pacer = pacer = Pacer.build(
+    pacer = Pacer.build(
         settings.send_rate_per_second,
         workers=settings.web_concurrency,
-        store=app.state.limit_store,
+        store=built.limits.store,
         on_wait=metrics.pacing_waited,
         on_refuse=metrics.pacing_refused,
     )
-    app.state.services = Services(settings, app.state.sender, app.state.limits, db, pacer)
     reconciler = Reconciler(db, client, settings)
     reconciler.on_lookup = metrics.reconcile_lookup
     reconciler.on_backlog = metrics.set_reconcile_backlog
-    app.state.reconciler = reconciler
+    services = Services(
+        settings=settings,
+        auth=built.auth,
+        metrics=metrics,
+        limits=built.limits,
+        db=db,
+        sender=sender,
+        reconciler=reconciler,
+        pacer=pacer,
+    )
     reconciler.start()
     stopping = asyncio.Event()
     retention = asyncio.create_task(retention_loop(db, settings.retention_days, stopping))
-    _drain_on_sigterm(app)
+    _drain_on_sigterm(services)
     tune_gc()
     if settings.sandbox:
         log.warning(
             "SANDBOX MODE: no Plivo credentials, nothing is sent to Plivo; "
             "set PLIVO_AUTH_ID and PLIVO_AUTH_TOKEN to send for real"
         )
-    if not app.state.auth.enabled:
+    if not built.auth.enabled:
         log.warning("API_KEYS is empty: authentication is off (development only)")
     for warning in settings.startup_warnings():  # risky settings: docs/security.md
         log.warning(warning)
@@ -163,10 +165,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
     log.info("started", mode=client.mode, env=settings.app_env, store=db.dialect)
     try:
-        yield
+        yield {"services": services}
     finally:
         # uvicorn has already let in-flight requests finish (SHUTDOWN_GRACE_SECONDS).
-        app.state.draining = True
+        services.draining = True
         stopping.set()
         await reconciler.stop()
         await retention
@@ -186,21 +188,16 @@ async def _on_store_unavailable(request: Request, exc: Exception) -> Response:
     return errors.problem_response(error, errors.request_id_of(request))
 
 
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    if app.openapi_schema is None:
-        schema = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
-        )
-        components = schema.setdefault("components", {})
-        components.setdefault("schemas", {})["SendRequest"] = SendRequest.model_json_schema(
-            ref_template="#/components/schemas/{model}"
-        )
-        components["securitySchemes"] = {
-            "bearer": {"type": "http", "scheme": "bearer"},
-            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-        }
-        app.openapi_schema = errors.move_problems_to_problem_json(schema)
-    return app.openapi_schema
+def _bound_to(app: FastAPI, route: BaseRoute) -> BaseRoute:
+    """This app's copy of a module router's route: its handler looks up dependency
+    overrides in `app.dependency_overrides` (as include_router() would arrange), and the
+    router's route stays untouched for the next app built in this process."""
+    if not isinstance(route, APIRoute):
+        return route
+    bound = copy.copy(route)
+    bound.dependency_overrides_provider = app
+    bound.app = request_response(bound.get_route_handler())  # as APIRoute.__init__ does
+    return bound
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -209,12 +206,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         level=settings.log_level, fmt=settings.effective_log_format, secrets=settings.secrets()
     )
     docs = settings.effective_docs_enabled
+    auth = Authenticator(settings.api_keys)
+    metrics = Metrics(multiprocess_dir())
+    limits = Limits(
+        LimitStore(
+            settings.rate_limit_storage_url,
+            on_fallback=metrics.storage_fallback,
+            on_recovered=metrics.storage_recovered,
+        ),
+        per_ip=settings.rate_limit,
+        per_destination=settings.rate_limit_per_destination,
+        daily_quota=settings.daily_quota_per_key,
+        on_reject=metrics.rate_limit_rejected,
+    )
+    built = _Built(settings=settings, auth=auth, metrics=metrics, limits=limits)
     app = FastAPI(
         title="mms-gateway",
         version=__version__,
         description="Send MMS (pictures, audio, video with text) to US and Canadian phones "
         "through Plivo. Errors are RFC 9457 problem+json with a stable `code`.",
-        lifespan=lifespan,
+        lifespan=functools.partial(_lifespan, built=built),
         docs_url=None,  # our own /docs (app/docs.py): FastAPI's loads Swagger UI from a CDN
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
@@ -223,44 +234,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
         redirect_slashes=False,  # a redirect would echo the Host header: plain 404 instead
     )
-    app.state.settings = settings
-    app.state.auth = Authenticator(settings.api_keys)
-    metrics = app.state.metrics = Metrics(multiprocess_dir())
-    app.state.limit_store = LimitStore(
-        settings.rate_limit_storage_url,
-        on_fallback=metrics.storage_fallback,
-        on_recovered=metrics.storage_recovered,
-    )
-    app.state.limits = Limits(
-        app.state.limit_store,
-        per_ip=settings.rate_limit,
-        per_destination=settings.rate_limit_per_destination,
-        daily_quota=settings.daily_quota_per_key,
-        on_reject=metrics.rate_limit_rejected,
-    )
     errors.install_error_handlers(app)
     app.add_exception_handler(StoreUnavailable, _on_store_unavailable)
     app.add_exception_handler(DBAPIError, _on_store_unavailable)
     # Callbacks first: for a method not allowed on /api/mms/status, Starlette's 405 names
     # the first route whose path matches — it must be POST /status, not GET /{messageUuid}.
-    for router in (callbacks_router, mms_router, health.router, metrics_router):
+    for router in (callbacks_router, mms_router, health.router):
         # The routes themselves, not include_router(): FastAPI 0.165 keeps an included
         # router as a nested matcher, and walking it cost ~60 µs per request here.
-        app.router.routes.extend(router.routes)
-    # The two hot routes are served by plain Starlette routes placed first, with the same
-    # endpoint functions (they parse and answer by hand anyway); their FastAPI routes
-    # above stay for the OpenAPI schema. FastAPI's request handling (dependency solving,
-    # its handler wrapper) cost 8.5% of a send's instructions (callgrind, in process).
-    for path, endpoint in ((SEND_PATH, send_mms), (CALLBACK_PATH, status_callback)):
-        app.router.routes.insert(0, HotRoute(path, endpoint, methods=["POST"]))
+        app.router.routes.extend(_bound_to(app, route) for route in router.routes)
     if docs:
         install_docs(app)
     # Outermost last: request id and log line around everything, then the per-IP limit
     # (which counts every request to the send route), then the body limit.
     app.add_middleware(BodyLimitMiddleware)
-    app.add_middleware(ClientRateLimitMiddleware, limits=app.state.limits)
+    app.add_middleware(ClientRateLimitMiddleware, limits=limits)
     app.add_middleware(RequestContextMiddleware, observe=metrics.observe_request)
-    app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
+    app.openapi = functools.partial(openapi.schema_of, app)  # type: ignore[method-assign]
     return app
 
 

@@ -12,13 +12,10 @@ vary) and kept in plain dicts, so a request costs a dict lookup and a few locked
 
 from __future__ import annotations
 
-import hmac
 import os
 from typing import Any
 
-from fastapi import APIRouter, Request
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -29,11 +26,11 @@ from prometheus_client import (
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
-from starlette.responses import Response
 from starlette.types import Scope
 
 from app import errors
 from app.paths import SEND_PATH
+from app.status import STATUSES
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -48,38 +45,12 @@ PACING_BUCKETS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 # Label values that come from clients or from Plivo are mapped onto fixed sets, so no
 # one can create series at will (each series costs memory here and in Prometheus).
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_CALLBACK_STATUSES = frozenset(
-    {"unknown", "queued", "sent", "delivered", "undelivered", "failed", "rejected", "not_sent"}
-)
+_CALLBACK_STATUSES = frozenset(STATUSES)
 # Send codes that have no `code` in the request state yet (raised before the send router's
 # own error handling: validation, auth, the body limit).
-_CODE_BY_STATUS = {
-    200: "ok",
-    401: "unauthorized",
-    413: "payload_too_large",
-    422: "validation_error",
-}
-SEND_CODES = (
-    "ok",
-    "validation_error",
-    "payload_too_large",
-    "unauthorized",
-    "rate_limited",
-    "destination_rate_limited",
-    "quota_exceeded",
-    "idempotency_key_reused",
-    "idempotency_in_progress",
-    "idempotent_replay",
-    "plivo_rejected",
-    "upstream_auth_failed",
-    "upstream_error",
-    "upstream_rate_limited",
-    "upstream_unavailable",
-    "upstream_timeout",
-    "send_rate_exceeded",
-    "service_unavailable",
-    "internal_error",
-)
+_EARLY_ERRORS = (errors.Unauthorized, errors.PayloadTooLarge, errors.ValidationFailed)
+_CODE_BY_STATUS = {200: "ok", **{error.status: error.code for error in _EARLY_ERRORS}}
+SEND_CODES = ("ok", "idempotent_replay", *(error.code for error in errors.SEND_ERRORS))
 PLIVO_OUTCOMES = ("accepted", "unreachable", "dropped", "timeout", "bad_response")
 CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
@@ -359,39 +330,3 @@ class Metrics:
         """Drop this worker's `live*` gauge values (its in-flight count, breaker state...)."""
         if self.multiproc_dir is not None:
             multiprocess.mark_process_dead(os.getpid(), self.multiproc_dir)  # type: ignore[no-untyped-call]
-
-
-router = APIRouter(tags=["operations"])
-
-
-def _authorized(request: Request, token: str) -> bool:
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(credentials.strip().encode(), token.encode())
-
-
-@router.get(
-    "/metrics",
-    summary="Prometheus metrics (text format)",
-    response_class=Response,
-    responses={
-        200: {
-            "description": "Prometheus text exposition format",
-            "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
-        },
-        **errors.problem_responses(errors.Unauthorized, errors.InternalError),
-    },
-)
-def metrics(request: Request) -> Response:
-    """Not rate-limited, no API key; wants `Authorization: Bearer <METRICS_TOKEN>` when set."""
-    # A plain `def`: FastAPI runs it in the thread pool, so reading the multiprocess files
-    # and rendering never hold up the event loop.
-    token = request.app.state.settings.metrics_token
-    if token is not None and not _authorized(request, token.get_secret_value()):
-        raise errors.Unauthorized(
-            "A valid METRICS_TOKEN is required as a Bearer token.",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    body = request.app.state.metrics.render()
-    return Response(body, media_type=CONTENT_TYPE_LATEST)

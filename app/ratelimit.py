@@ -10,6 +10,7 @@ here are `limits`' own; only the fallback and the HTTP plumbing are ours.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import ipaddress
 import math
@@ -38,6 +39,7 @@ T = TypeVar("T")
 
 REDIS_TIMEOUT_SECONDS = 0.25
 REDIS_RETRY_AFTER_SECONDS = 5.0
+PING_CACHE_SECONDS = 2.0  # /ready pings Redis at most this often
 
 
 class QuietMemoryStorage(MemoryStorage):
@@ -53,7 +55,9 @@ class QuietMemoryStorage(MemoryStorage):
     SWEEP_INTERVAL_SECONDS = 5.0
     _next_sweep = 0.0
 
-    # Overrides the base class's private `__schedule_expiry`, called before every hit.
+    # Overrides the base class's private `__schedule_expiry`, called before every hit: limits
+    # has no public way to change its housekeeping. Hence limits is pinned to one version
+    # (pyproject.toml), and tests/test_ratelimit.py fails if an upgrade renames the method.
     async def _MemoryStorage__schedule_expiry(self) -> None:
         now = time.monotonic()
         if now >= self._next_sweep:
@@ -155,6 +159,9 @@ class LimitStore:
         self._on_recovered = on_recovered  # metrics: Redis answered again
         self._redis_down_until = 0.0
         self.degraded = False
+        self._ping_ok = True
+        self._ping_until = 0.0
+        self._ping_lock = asyncio.Lock()
 
     async def run(self, operation: Callable[[Storage], Awaitable[T]]) -> T:
         redis = self._redis
@@ -176,6 +183,27 @@ class LimitStore:
                         self._on_recovered()
                 return result
         return await operation(self._memory)
+
+    async def reachable(self) -> bool:
+        """Whether the configured Redis answers a PING (True without Redis), for /ready.
+
+        Asked of Redis at most every PING_CACHE_SECONDS, with the storage's short timeout,
+        so a Redis that is down shows at the first probe, not only after a send failed.
+        """
+        redis = self._redis
+        if redis is None:
+            return True
+        if time.monotonic() < self._ping_until:
+            return self._ping_ok
+        async with self._ping_lock:  # concurrent probes share one PING
+            if time.monotonic() >= self._ping_until:
+                try:
+                    async with asyncio.timeout(REDIS_TIMEOUT_SECONDS * 2):
+                        self._ping_ok = await redis.check()
+                except TimeoutError:
+                    self._ping_ok = False
+                self._ping_until = time.monotonic() + PING_CACHE_SECONDS
+        return self._ping_ok
 
     async def moving_hit(
         self, item: RateLimitItem, *key: str, stats: bool = True, count: bool = True

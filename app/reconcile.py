@@ -19,16 +19,16 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.callbacks.service import record_status
 from app.config import Settings
 from app.logging import get_logger
 from app.plivo.client import PlivoClient, PlivoError, PlivoMessage
+from app.status import STATUS_RANK, MessageStatus
+from app.store import reconcile as store
 from app.store.db import Database, FunctionOp
-from app.store.repository import FINAL_RANK, STATUS_RANK, now_ms
-from app.store.tables import messages
+from app.store.repository import now_ms
 
 log = get_logger("app.reconcile")
 LEASE_MS = 120_000
@@ -79,7 +79,7 @@ class Reconciler:
             for row in claimed:
                 try:
                     if self._stopping.is_set():  # hand the claim back for another replica
-                        release = functools.partial(self._release, id=row["id"])
+                        release = functools.partial(store.release_claim, message_id=row["id"])
                         await self.db.write(FunctionOp(release))
                         continue
                     await self._pace()
@@ -101,46 +101,12 @@ class Reconciler:
             await asyncio.sleep(delay)
 
     async def _claim(self, conn: AsyncConnection) -> list[dict[str, Any]]:
-        now = now_ms()
         batch = max(1, math.ceil(self.settings.reconcile_rate * 10))  # ~10 s of lookups
-        due = (
-            select(messages.c.id)
-            .where(
-                messages.c.next_check_at <= now,
-                (messages.c.claimed_until.is_(None)) | (messages.c.claimed_until < now),
-            )
-            .order_by(messages.c.next_check_at)
-            .limit(batch)
-            .with_for_update(skip_locked=True)  # one replica per message (PostgreSQL)
-        )
-        result = await conn.execute(
-            update(messages)
-            .where(messages.c.id.in_(due.scalar_subquery()))
-            .values(claimed_until=now + LEASE_MS)
-            .returning(
-                messages.c.id,
-                messages.c.message_uuid,
-                messages.c.to_number,
-                messages.c.status,
-                messages.c.created_at,
-                messages.c.checks,
-            )
-        )
-        return [dict(r._mapping) for r in result]
+        return await store.claim_due(conn, now=now_ms(), batch=batch, lease_ms=LEASE_MS)
 
     async def _count_due(self) -> int:
-        from sqlalchemy import func
-
         async with self.db.read() as conn:
-            result = await conn.execute(
-                select(func.count())
-                .select_from(messages)
-                .where(messages.c.next_check_at <= now_ms())
-            )
-            return int(result.scalar_one())
-
-    async def _release(self, conn: AsyncConnection, *, id: str) -> None:
-        await conn.execute(update(messages).where(messages.c.id == id).values(claimed_until=None))
+            return await store.count_due(conn, now_ms())
 
     async def _check(self, row: dict[str, Any]) -> None:
         now = now_ms()
@@ -158,7 +124,20 @@ class Reconciler:
         # An unknown outcome becomes `not_sent` only when Plivo answered it has no such
         # message — never because the last lookup failed.
         settle_unknown = give_up and result == "not_found"
-        await self.db.write(FunctionOp(lambda c: self._reschedule(c, row, give_up, settle_unknown)))
+        base = int(self.settings.reconcile_after_seconds * 1000) or 1000
+        finish = functools.partial(
+            store.finish_check,
+            message_id=row["id"],
+            checks=row["checks"],
+            give_up=give_up,
+            settle_unknown=settle_unknown,
+            next_check_at=now_ms() + min(base * 2 ** row["checks"], MAX_INTERVAL_MS),
+            now=now_ms(),
+        )
+        end = await self.db.write(FunctionOp(finish))
+        if end in ("settled", "not_sent"):
+            status = MessageStatus.NOT_SENT if end == "not_sent" else None
+            log.info("reconcile_gave_up", message_id=row["id"], status=status)
 
     async def _look_up(self, row: dict[str, Any]) -> PlivoMessage | None:
         if row["message_uuid"]:
@@ -178,27 +157,19 @@ class Reconciler:
         if not uuids:
             return None
         async with self.db.read() as conn:
-            known = set(
-                (
-                    await conn.execute(
-                        select(messages.c.message_uuid).where(messages.c.message_uuid.in_(uuids))
-                    )
-                ).scalars()
-            )
+            known = await store.known_uuids(conn, uuids)
         unclaimed = [c for c in candidates if c.message_uuid and c.message_uuid not in known]
         unclaimed.sort(key=lambda c: c.message_time or created)
         return unclaimed[0] if unclaimed else None
 
     async def _apply(self, row: dict[str, Any], found: PlivoMessage) -> None:
         if not row["message_uuid"]:
-
-            async def adopt(conn: AsyncConnection) -> None:
-                await conn.execute(
-                    update(messages)
-                    .where(messages.c.id == row["id"], messages.c.message_uuid.is_(None))
-                    .values(message_uuid=found.message_uuid, updated_at=now_ms())
-                )
-
+            adopt = functools.partial(
+                store.adopt_uuid,
+                message_id=row["id"],
+                message_uuid=found.message_uuid,
+                now=now_ms(),
+            )
             await self.db.write(FunctionOp(adopt))
             log.info("reconcile_adopted", message_id=row["id"], message_uuid=found.message_uuid)
         if found.state in STATUS_RANK:
@@ -209,26 +180,3 @@ class Reconciler:
                 error_code=found.error_code,
                 source="reconcile",
             )
-
-    async def _reschedule(
-        self, conn: AsyncConnection, row: dict[str, Any], give_up: bool, settle_unknown: bool
-    ) -> None:
-        current = (
-            await conn.execute(
-                select(messages.c.status_rank, messages.c.message_uuid).where(
-                    messages.c.id == row["id"]
-                )
-            )
-        ).first()
-        values: dict[str, Any] = {"claimed_until": None, "checks": row["checks"] + 1}
-        if current is None or current.status_rank >= FINAL_RANK:
-            values["next_check_at"] = None
-        elif give_up and (current.message_uuid is not None or settle_unknown):
-            values["next_check_at"] = None  # settled as it is
-            if current.message_uuid is None:  # Plivo never had it
-                values.update(status="not_sent", status_rank=FINAL_RANK, updated_at=now_ms())
-            log.info("reconcile_gave_up", message_id=row["id"], status=values.get("status"))
-        else:
-            base = int(self.settings.reconcile_after_seconds * 1000) or 1000
-            values["next_check_at"] = now_ms() + min(base * 2 ** row["checks"], MAX_INTERVAL_MS)
-        await conn.execute(update(messages).where(messages.c.id == row["id"]).values(**values))

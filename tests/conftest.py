@@ -91,16 +91,19 @@ def asgi_client(app: Any, client_ip: str = "127.0.0.1") -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=transport, base_url="http://testserver")
 
 
-def _state_per_request(app: Any) -> Any:
+def _state_per_request(app: Any, lifespan_state: dict[str, Any]) -> Any:
     """Give each request its own copy of the lifespan state, as ASGI servers do.
 
     asgi-lifespan hands every request the *same* state dict, so what one request left in
     `scope["state"]` (an error `code`, a `to`) would leak into the next one's log line
-    and metrics; uvicorn copies it per request (the ASGI spec says "a copy").
+    and metrics; uvicorn copies it per request (the ASGI spec says "a copy"). The state
+    the lifespan filled is kept in `lifespan_state`, for tests to reach the services.
     """
 
     async def wrapped(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and "state" in scope:
+        if scope["type"] == "lifespan":
+            lifespan_state["state"] = scope["state"]
+        elif scope["type"] == "http" and "state" in scope:
             scope = {**scope, "state": dict(scope["state"])}
         await app(scope, receive, send)
 
@@ -108,10 +111,14 @@ def _state_per_request(app: Any) -> Any:
 
 
 async def _running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    manager = LifespanManager(_state_per_request(app), startup_timeout=30, shutdown_timeout=30)
+    lifespan_state: dict[str, Any] = {}
+    manager = LifespanManager(
+        _state_per_request(app, lifespan_state), startup_timeout=30, shutdown_timeout=30
+    )
     async with manager, asgi_client(manager.app) as c:
         c.app_running = manager.app  # type: ignore[attr-defined]  # for more clients
-        c.fastapi_app = app  # type: ignore[attr-defined]  # for app.state
+        c.fastapi_app = app  # type: ignore[attr-defined]  # for dependency_overrides
+        c.services = lifespan_state["state"]["services"]  # type: ignore[attr-defined]
         yield c
 
 

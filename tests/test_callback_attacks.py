@@ -139,7 +139,7 @@ async def test_row2_a_day_old_nonce_still_stops_a_replay(app, fake_plivo, store_
     message_uuid = await send(app, fake_plivo)
     v2 = v2_headers(URL)
     assert (await callback(app, params(message_uuid, "delivered", 3), v2)).status_code == 200
-    db = app.fastapi_app.state.services.db
+    db = app.services.db
     async with db.engine.begin() as conn:
         await conn.execute(
             text("UPDATE callback_nonces SET seen_at = :t"), {"t": now_ms() - 25 * 3600_000}

@@ -59,9 +59,12 @@ def test_kill_9_mid_send_then_restart_makes_no_new_call(server_factory, fake_pli
     settings = {
         "API_KEYS": API_KEYS,
         "PLIVO_TIMEOUT_SECONDS": 1,
-        "SHUTDOWN_GRACE_SECONDS": 1,
+        # A lease (deadline 1 s + grace 8 s + 5 s margin = 14 s) long enough for the restart
+        # below to answer within it even on a loaded machine.
+        "SHUTDOWN_GRACE_SECONDS": 8,
         "PACING_MAX_WAIT_SECONDS": 0,  # the lease also covers the longest pacing wait
     }
+    lease_seconds = 1 + 8 + 5
     fake_plivo.set_default(fp.hang())
     server = server_factory(**settings)
     in_flight = threading.Thread(
@@ -69,14 +72,16 @@ def test_kill_9_mid_send_then_restart_makes_no_new_call(server_factory, fake_pli
     )
     in_flight.start()
     _wait_for(lambda: len(fake_plivo.sends()) == 1)
+    key_taken = time.monotonic()  # (just before) the send reached Plivo
     server.proc.kill()  # SIGKILL mid-send: nothing recorded the outcome
     server.proc.wait(10)
     in_flight.join(30)
     fake_plivo.set_default(fp.ok())
     restarted = server_factory(**settings)
     early = post(restarted, headers=keyed("crash"))
+    assert time.monotonic() - key_taken < lease_seconds, "the restart outlasted the lease"
     assert early.status_code == 409 and early.json()["code"] == "idempotency_in_progress"
-    time.sleep(7.5)  # the lease: deadline 1 s + grace 1 s + 5 s margin
+    time.sleep(max(0.0, key_taken + lease_seconds + 0.5 - time.monotonic()))
     late = post(restarted, headers=keyed("crash"))
     assert late.status_code == 504 and late.json()["code"] == "upstream_timeout"
     assert late.headers["idempotent-replayed"] == "true"

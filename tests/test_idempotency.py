@@ -150,7 +150,7 @@ async def test_our_own_rejections_are_not_stored(
     async with client_for(settings) as client:
         await client.post("/api/mms/send", json=VALID, headers=A)
         limited = await client.post("/api/mms/send", json=VALID, headers=keyed("lim"))
-        await client.fastapi_app.state.limit_store.reset()
+        await client.services.limits.store.reset()
         retried = await client.post("/api/mms/send", json=VALID, headers=keyed("lim"))
     assert limited.json()["code"] == "destination_rate_limited"
     assert retried.status_code == 200 and "idempotent-replayed" not in retried.headers

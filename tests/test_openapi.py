@@ -41,3 +41,29 @@ async def test_send_declares_every_row_of_the_table(client):
         "upstream_unavailable",
         "upstream_timeout",
     } <= codes
+
+
+async def test_send_declares_its_body_key_header_and_security(client):
+    """Derived from the route's dependencies and models, though the body is read by hand."""
+    schema = (await client.get("/openapi.json")).json()
+    send = schema["paths"]["/api/mms/send"]["post"]
+    body = send["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/SendRequest"}
+    assert {"to", "media_urls", "text"} <= set(
+        schema["components"]["schemas"]["SendRequest"]["properties"]
+    )
+    assert [p["name"] for p in send["parameters"]] == ["Idempotency-Key"]
+    assert send["security"] == [{"bearer": []}, {"apiKey": []}]
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["bearer"] == {**schemes["bearer"], "type": "http", "scheme": "bearer"}
+    assert schemes["apiKey"] == {
+        **schemes["apiKey"],
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+    }
+    for path, method in (("/api/mms", "get"), ("/api/mms/{messageUuid}", "get")):
+        assert schema["paths"][path][method]["security"] == send["security"]
+    callback = schema["paths"]["/api/mms/status"]["post"]["requestBody"]["content"]
+    form = callback["application/x-www-form-urlencoded"]["schema"]["$ref"].rsplit("/", 1)[1]
+    assert schema["components"]["schemas"][form]["required"] == ["MessageUUID", "Status"]

@@ -335,7 +335,7 @@ async def test_a_key_waiting_for_its_slot_is_not_taken_for_orphaned(
 async def test_send_rate_zero_turns_pacing_off(settings_factory, client_for, fake_plivo):
     settings = paced(settings_factory, send_rate="0")
     async with client_for(settings) as client:
-        assert client.fastapi_app.state.services.pacer is None
+        assert client.services.pacer is None
         responses = await asyncio.gather(*(client.post(SEND, json=VALID) for _ in range(10)))
     assert [r.status_code for r in responses] == [200] * 10
 

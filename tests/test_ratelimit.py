@@ -104,7 +104,7 @@ async def test_redis_unreachable_falls_back_to_memory(settings_factory, client_f
     settings = settings_factory(rate_limit="2/minute", rate_limit_storage_url=url)
     async with client_for(settings) as client:
         statuses = [(await client.post("/api/mms/send", json=VALID)).status_code for _ in range(3)]
-        assert client.fastapi_app.state.limit_store.degraded is True
+        assert client.services.limits.store.degraded is True
     assert statuses == [200, 200, 429]
 
 
@@ -196,3 +196,58 @@ async def test_memory_storage_sweeps_expired_entries_only():
     assert "old" not in keys and "live" in keys
     assert not any("counter" in k for k in storage.storage)
     assert (await moving.get_window_stats(long, "live")).remaining == 2
+
+
+async def test_ready_reports_an_unreachable_redis_at_the_first_probe(settings_factory, client_for):
+    """Configured but down: degraded from the first /ready on, before any send counted."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    async with client_for(settings_factory(rate_limit_storage_url=url)) as client:
+        response = await client.get("/ready")
+    assert response.status_code == 200
+    assert response.json()["degraded"] == ["rate_limit_storage"]
+
+
+async def test_ready_with_a_reachable_redis_is_not_degraded(
+    settings_factory, client_for, redis_url
+):
+    async with client_for(settings_factory(rate_limit_storage_url=redis_url)) as client:
+        assert (await client.get("/ready")).json()["degraded"] == []
+
+
+async def test_readiness_pings_redis_at_most_every_few_seconds(monkeypatch):
+    """Probes share one cached PING: a load balancer probing often costs Redis little."""
+    from app import ratelimit
+
+    clock = [1000.0]
+    monkeypatch.setattr(ratelimit.time, "monotonic", lambda: clock[0])
+    store = ratelimit.LimitStore(f"redis://127.0.0.1:{free_port()}/0")
+    pings: list[float] = []
+
+    async def check() -> bool:
+        pings.append(clock[0])
+        return False
+
+    monkeypatch.setattr(store._redis, "check", check)
+    assert await store.reachable() is False
+    clock[0] += ratelimit.PING_CACHE_SECONDS - 0.1
+    assert await store.reachable() is False
+    assert len(pings) == 1
+    clock[0] += 0.2
+    await store.reachable()
+    assert len(pings) == 2
+
+
+async def test_quiet_sweep_replaces_the_private_method_of_the_pinned_limits():
+    """QuietMemoryStorage overrides a private method of limits' MemoryStorage. If an upgrade
+    renames it, upstream's own sweep would silently come back: this fails instead."""
+    from limits import parse
+    from limits.aio.storage import MemoryStorage
+    from limits.aio.strategies import MovingWindowRateLimiter
+
+    from app.ratelimit import QuietMemoryStorage
+
+    assert "_MemoryStorage__schedule_expiry" in vars(MemoryStorage)
+    storage = QuietMemoryStorage()
+    assert await MovingWindowRateLimiter(storage).hit(parse("5/minute"), "k")
+    assert storage.timer is None  # upstream's sweep task was never started
+    assert storage._next_sweep > 0  # ours ran instead

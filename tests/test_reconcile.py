@@ -84,7 +84,7 @@ async def test_gives_up_and_settles_as_it_is(fast, client_for, fake_plivo):
         fake_plivo.mdrs[message_uuid].message_state = "sent"
 
         async def settled():
-            db = client.fastapi_app.state.db
+            db = client.services.db
             from sqlalchemy import select
 
             from app.store.tables import messages

@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
-from app.mms.idempotency import KEEP_MS, TakeKey
 from app.plivo.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from app.store import db as store_db
 from app.store.db import Database, FunctionOp, StoreUnavailable
+from app.store.idempotency import KEEP_MS, TakeKey
 from app.store.repository import RecordMessage, now_ms
 from app.store.tables import idempotency_keys, messages
 from tests import fakeplivo as fp
@@ -128,7 +128,7 @@ async def test_an_unexpected_error_is_a_500_with_request_id(client, capfd):
     async def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    client.fastapi_app.state.db.ping = broken
+    client.services.db.ping = broken
     response = await client.get("/ready", headers={"X-Request-ID": "trace-me-1"})
     assert response.status_code == 500
     assert response.json()["code"] == "internal_error" and "boom" not in response.text
@@ -145,7 +145,7 @@ async def test_a_database_error_on_a_read_is_503(client):
         async def __aexit__(self, *args):
             return False
 
-    client.fastapi_app.state.db.read = Failing
+    client.services.db.read = Failing
     response = await client.get("/api/mms")
     assert response.status_code == 503 and response.json()["code"] == "service_unavailable"
 
@@ -156,7 +156,7 @@ async def test_an_unexpected_send_failure_is_an_unknown_outcome(client, fake_pli
     async def broken(**kwargs):
         raise RuntimeError("boom")
 
-    client.fastapi_app.state.limits.count_send = broken
+    client.services.limits.count_send = broken
     response = await client.post("/api/mms/send", json=VALID, headers={"Idempotency-Key": "bug"})
     assert response.status_code == 502 and response.json()["code"] == "upstream_error"
     listed = (await client.get("/api/mms", params={"idempotencyKey": "bug"})).json()["items"]
@@ -166,7 +166,7 @@ async def test_an_unexpected_send_failure_is_an_unknown_outcome(client, fake_pli
 async def test_the_reconciler_survives_a_failing_message(settings_factory, client_for, fake_plivo):
     settings = settings_factory(reconcile_after_seconds=0, reconcile_rate=50)
     async with client_for(settings) as client:
-        reconciler = client.fastapi_app.state.reconciler
+        reconciler = client.services.reconciler
         calls = []
         both_seen = asyncio.Event()
 

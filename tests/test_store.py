@@ -183,7 +183,7 @@ async def test_group_commit_batches_concurrent_writes(keyed, client_for, fake_pl
     """50 concurrent sends are all recorded, in fewer transactions than sends."""
     batches = []
     async with client_for(keyed) as client:
-        writer = client.fastapi_app.state.db.writer
+        writer = client.services.db.writer
         writer._on_batch = lambda size, seconds: batches.append(size)
         bodies = [{**VALID, "to": f"+1415555{1000 + i}"} for i in range(50)]
         responses = await asyncio.gather(

@@ -257,7 +257,7 @@ async def test_row4_kept_record_refuses_sends_and_callbacks_until_written(
     database = Path(sqlite_url.split("///", 1)[1])
     settings = settings_factory(public_base_url=PUBLIC)
     async with client_for(settings) as client:
-        db = client.fastapi_app.state.db
+        db = client.services.db
         fake_plivo.script(fp.ok(delay=0.5, uuid="4a1c1c1e-0000-4000-8000-000000000001"))
         sending = asyncio.create_task(client.post("/api/mms/send", json=VALID))
         await asyncio.to_thread(wait_for, lambda: bool(fake_plivo.sends()))
@@ -404,7 +404,7 @@ async def test_row10_key_released_by_another_replica_mid_take_proceeds_never_503
             if "INSERT INTO idempotency_keys" in statement and not released:
                 released.append(psql(f"DELETE FROM {role}.idempotency_keys WHERE key = 'raced'"))
 
-        engine = client.fastapi_app.state.db.engine.sync_engine
+        engine = client.services.db.engine.sync_engine
         event.listen(engine, "after_cursor_execute", release_after_our_insert)
         response = await client.post(
             "/api/mms/send", json=VALID, headers={"Idempotency-Key": "raced"}

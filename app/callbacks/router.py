@@ -8,7 +8,8 @@ from starlette.responses import Response
 
 from app import errors
 from app.callbacks import service, signature
-from app.deps import get_services
+from app.deps import ServicesDep
+from app.openapi import body_read_by_hand
 from app.paths import CALLBACK_PATH
 
 router = APIRouter(prefix="/api/mms", tags=["callbacks"])
@@ -20,35 +21,24 @@ class CallbackAck(BaseModel):
     status: str = Field(examples=["ok"], description="`ok`, or `duplicate` for a replayed nonce")
 
 
-CALLBACK_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/x-www-form-urlencoded": {
-                "schema": {
-                    "type": "object",
-                    "required": ["MessageUUID", "Status"],
-                    "properties": {
-                        "MessageUUID": {"type": "string"},
-                        "Status": {"type": "string", "examples": ["delivered"]},
-                        "ErrorCode": {"type": "string"},
-                        "Sequence": {"type": "string"},
-                        "To": {"type": "string"},
-                        "From": {"type": "string"},
-                    },
-                }
-            }
-        },
-    },
+class CallbackForm(BaseModel):
+    """The form Plivo posts (documentation: the route verifies the signature over the raw
+    form before reading any field)."""
+
+    MessageUUID: str
+    Status: str = Field(examples=["delivered"])
+    ErrorCode: str | None = None
+    Sequence: str | None = None
+    To: str | None = None
+    From: str | None = None
+
+
+# The signature headers the route reads itself (documentation, as for the form).
+SIGNATURE_HEADERS = {
     "parameters": [
-        {"name": name, "in": "header", "required": False, "schema": {"type": "string"}}
-        for name in (
-            "X-Plivo-Signature-V3",
-            "X-Plivo-Signature-V3-Nonce",
-            "X-Plivo-Signature-V2",
-            "X-Plivo-Signature-V2-Nonce",
-        )
-    ],
+        {"name": name.title(), "in": "header", "required": False, "schema": {"type": "string"}}
+        for name in (signature.V3, signature.V3_NONCE, signature.V2, signature.V2_NONCE)
+    ]
 }
 
 
@@ -87,11 +77,13 @@ def _signed_url(request: Request, public_base_url: str) -> str:
         errors.ServiceUnavailable,
         errors.InternalError,
     ),
-    openapi_extra=CALLBACK_BODY,
+    openapi_extra={
+        **body_read_by_hand(CallbackForm, "application/x-www-form-urlencoded"),
+        **SIGNATURE_HEADERS,
+    },
 )
-async def status_callback(request: Request) -> Response:
+async def status_callback(request: Request, services: ServicesDep) -> Response:
     """Store a delivery report. Answered fast; no outbound call is made here."""
-    services = await get_services(request)  # a hot route: see app/main.py
     settings, db = services.settings, services.db
     if not settings.auth_token:
         # Sandbox mode has no token to check against: nothing could be verified.
@@ -103,7 +95,7 @@ async def status_callback(request: Request) -> Response:
         accepted=settings.plivo_signature,
     )
     scheme = request.scope["state"]["signature"] = verdict.scheme
-    metrics = request.app.state.metrics
+    metrics = services.metrics
     uuid, status = params.get("MessageUUID"), params.get("Status") or None
     if not verdict.signed:
         metrics.callback(status, scheme)  # the status of an unsigned body: a hint only

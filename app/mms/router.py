@@ -11,7 +11,7 @@ from pydantic import AfterValidator, ValidationError
 from starlette.responses import Response
 
 from app import errors
-from app.deps import CallerDep, ServicesDep, get_caller, get_services
+from app.deps import CallerDep, IdempotencyKeyDep, ServicesDep
 from app.mms import service
 from app.mms.schemas import (
     MessageOut,
@@ -21,65 +21,16 @@ from app.mms.schemas import (
     printable_ascii,
     us_ca_number,
 )
+from app.openapi import body_read_by_hand
+from app.status import MessageStatus
 from app.store import repository
 
 router = APIRouter(prefix="/api/mms", tags=["mms"])
 
-SEND_ERRORS = (
-    errors.ValidationFailed,
-    errors.PayloadTooLarge,
-    errors.Unauthorized,
-    errors.RateLimited,
-    errors.DestinationRateLimited,
-    errors.QuotaExceeded,
-    errors.IdempotencyKeyReused,
-    errors.IdempotencyInProgress,
-    errors.PlivoRejected,
-    errors.UpstreamAuthFailed,
-    errors.UpstreamError,
-    errors.UpstreamRateLimited,
-    errors.UpstreamUnavailable,
-    errors.UpstreamTimeout,
-    errors.SendRateExceeded,
-    errors.ServiceUnavailable,
-    errors.InternalError,
-)
-SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
-# The body is parsed by hand (below), so it is declared for OpenAPI here.
-SEND_BODY = {
-    "security": SECURITY,
-    "parameters": [
-        {
-            "name": "Idempotency-Key",
-            "in": "header",
-            "required": False,
-            "description": "1-255 printable ASCII characters. A repeat with the same key and "
-            "body replays the stored response (`Idempotent-Replayed: true`) without a second "
-            "send; kept 24 h per API key.",
-            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
-        }
-    ],
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SendRequest"}}},
-    },
-}
-
-
-def idempotency_key_of(request: Request) -> str | None:
-    """1-255 printable ASCII characters; anything else (an empty header too) is a 422."""
-    key = request.headers.get("idempotency-key")
-    if key is None:
-        return None
-    if not 1 <= len(key) <= 255 or not all(" " <= c <= "~" for c in key):
-        raise errors.invalid(
-            ("header", "Idempotency-Key"), "must be 1-255 printable ASCII characters"
-        )
-    return key
-
 
 async def read_send_request(request: Request) -> SendRequest:
-    """Parse after authentication (a stranger learns nothing about the body), in one pass."""
+    """Parse after the dependencies, authentication first (a stranger learns nothing about
+    the body), in one pass."""
     content_type = request.headers.get("content-type", "")
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise errors.invalid(("body",), "Content-Type must be application/json")
@@ -95,16 +46,13 @@ async def read_send_request(request: Request) -> SendRequest:
     "/send",
     response_model=SendResponse,
     summary="Send an MMS through Plivo",
-    responses=errors.problem_responses(*SEND_ERRORS),
-    openapi_extra=SEND_BODY,
+    responses=errors.problem_responses(*errors.SEND_ERRORS),
+    openapi_extra=body_read_by_hand(SendRequest),
 )
-async def send_mms(request: Request) -> Response:
+async def send_mms(
+    request: Request, caller: CallerDep, services: ServicesDep, key: IdempotencyKeyDep = None
+) -> Response:
     """Queue one MMS with Plivo. A 200 means Plivo queued it, not that it was delivered."""
-    # A hot route, served as a plain Starlette route (app/main.py), so its context is
-    # resolved here by the same functions the other routes use as dependencies.
-    caller = await get_caller(request)
-    services = await get_services(request)
-    key = idempotency_key_of(request)
     body = await read_send_request(request)
     state = request.scope["state"]
     state["to"] = body.to  # masked by the log processors
@@ -147,7 +95,6 @@ LOOKUP_ERRORS = (
 # included -- is a 422 here rather than a query the store refuses.
 ListedNumber = Annotated[str, AfterValidator(us_ca_number)]
 ListedIdempotencyKey = Annotated[str, AfterValidator(printable_ascii)]
-STATUSES = "unknown|queued|sent|delivered|undelivered|failed|rejected|not_sent"
 
 
 @router.get(
@@ -155,7 +102,6 @@ STATUSES = "unknown|queued|sent|delivered|undelivered|failed|rejected|not_sent"
     response_model=MessagePage,
     summary="List the caller's messages, newest first",
     responses=errors.problem_responses(errors.ValidationFailed, *LOOKUP_ERRORS),
-    openapi_extra={"security": SECURITY},
 )
 async def list_messages(
     caller: CallerDep,
@@ -164,7 +110,7 @@ async def list_messages(
         ListedNumber | None,
         Query(max_length=16, description="Destination, canonical E.164 (as sent)"),
     ] = None,
-    status: Annotated[str | None, Query(pattern=f"^({STATUSES})$")] = None,
+    status: Annotated[MessageStatus | None, Query()] = None,
     since: Annotated[datetime | None, Query(description="ISO 8601; created at or after")] = None,
     idempotencyKey: Annotated[
         ListedIdempotencyKey | None,
@@ -198,7 +144,6 @@ async def list_messages(
     response_model=MessageOut,
     summary="What became of one message (by Plivo uuid or the service's id)",
     responses=errors.problem_responses(*LOOKUP_ERRORS),
-    openapi_extra={"security": SECURITY},
 )
 async def get_message(messageUuid: str, caller: CallerDep, services: ServicesDep) -> MessageOut:
     """Another caller's message, an unknown or a malformed id: all 404 `not_found`."""

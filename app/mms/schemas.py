@@ -17,7 +17,9 @@ from pydantic import (
     TypeAdapter,
 )
 
-E164 = re.compile(r"\+[1-9][0-9]{1,14}")  # ASCII digits only: \d would admit other scripts
+from app.phone import E164
+from app.status import MessageStatus
+
 MMS_REGIONS = frozenset({"US", "CA"})
 MAX_URL_LENGTH = 2048
 _http_url = TypeAdapter(AnyHttpUrl)
@@ -142,9 +144,10 @@ class MessageOut(BaseModel):
     id: str = Field(examples=["9f1c2b3a4d5e6f708192a3b4c5d6e7f8"], description="The service's id")
     messageUuid: str | None = Field(examples=["db3ce55a-7f1d-11e1-8ea7-1231380bc196"])
     to: str = Field(examples=["+14155550100"])
-    status: str = Field(
+    status: MessageStatus = Field(
         examples=["delivered"],
-        description="unknown, queued, sent, delivered, undelivered, failed, rejected, not_sent",
+        description="Moves only forward, in the order listed; the first final status "
+        "(`delivered` or any after it) stays.",
     )
     errorCode: str | None = Field(examples=[None])
     errorMessage: str | None = Field(examples=[None], description="Meaning of Plivo's code")

@@ -21,22 +21,17 @@ from app.errors import (
 )
 from app.ids import random_id
 from app.logging import get_logger
-from app.mms.idempotency import ReleaseKey, TakeKey, fingerprint, lease_ms
 from app.mms.schemas import EventOut, MessageOut, SendRequest, SendResponse
 from app.pacing import Pacer
 from app.paths import CALLBACK_PATH
 from app.plivo.client import Accepted, OutboundMms
-from app.plivo.sender import Sender, mark_unknown, outcome_of
+from app.plivo.sender import Sender
 from app.ratelimit import Limits
 from app.reconcile import first_check_at
+from app.status import MessageStatus
 from app.store.db import Database, RecordPending, StoreUnavailable
-from app.store.repository import (
-    ERROR_MESSAGES,
-    STATUS_RANK,
-    RecordMessage,
-    idempotency_completion,
-    now_ms,
-)
+from app.store.idempotency import ReleaseKey, TakeKey, fingerprint, lease_ms
+from app.store.repository import ERROR_MESSAGES, RecordMessage, idempotency_completion, now_ms
 
 log = get_logger("app.mms")
 
@@ -53,12 +48,11 @@ def message_row(
     caller: str,
     request_id: str,
     settings: Settings,
-    status: str,
+    status: MessageStatus,
     accepted: Accepted | None = None,
     idempotency_key: str | None = None,
 ) -> dict[str, Any]:
     created = now_ms()
-    rank = STATUS_RANK[status]
     return {
         "id": message_id,
         "caller": caller,
@@ -69,13 +63,13 @@ def message_row(
         "media_count": len(request.media_urls),
         "text": request.text if settings.store_message_text else None,
         "status": status,
-        "status_rank": rank,
+        "status_rank": status.rank,
         "error_code": None,
         "idempotency_key": idempotency_key,
         "request_id": request_id,
         "created_at": created,
         "updated_at": created,
-        "next_check_at": first_check_at(created, settings) if rank < 3 else None,
+        "next_check_at": None if status.is_final else first_check_at(created, settings),
         "checks": 0,
         "claimed_until": None,
     }
@@ -119,7 +113,7 @@ async def send_mms(
     )
     if idempotency_key is not None:
         replay = await _take_key(
-            db, caller, idempotency_key, request, row(status="unknown"), settings
+            db, caller, idempotency_key, request, row(status=MessageStatus.UNKNOWN), settings
         )
         if replay is not None:
             return replay
@@ -141,13 +135,13 @@ async def send_mms(
         accepted = await sender.send(mms, before_send=count_send)
     except Exception as exc:
         error = exc if isinstance(exc, AppError) else unexpected_send_failure(exc)
-        outcome = outcome_of(error)
+        outcome = error.outcome
         if outcome is not None:  # Plivo may have it (unknown) or refused it for good
             problem = orjson.dumps(problem_body(error, request_id))
             stored = (error.status, problem, {**error.headers, "content-type": PROBLEM_MEDIA_TYPE})
             await _record(db, row(status=outcome), caller, idempotency_key, stored)
         elif idempotency_key is not None:  # not stored: the same key may be retried
-            await _release(db, caller, idempotency_key, row(status="unknown")["id"])
+            await _release(db, caller, idempotency_key, row(status=MessageStatus.UNKNOWN)["id"])
         if error is exc:
             raise
         raise error from None
@@ -158,7 +152,7 @@ async def send_mms(
     # Recorded before the response: a caller that got 200 can always look it up.
     await _record(
         db,
-        row(status="queued", accepted=accepted),
+        row(status=MessageStatus.QUEUED, accepted=accepted),
         caller,
         idempotency_key,
         (200, body, {"content-type": JSON}),
@@ -185,9 +179,7 @@ def unexpected_send_failure(exc: Exception) -> AppError:
     """A bug or an unforeseen error during a send: Plivo may have the message, so it is an
     unknown outcome like a dropped connection (502, stored, reconciled), never a 500."""
     log.error("send_failed_unexpectedly", exc_info=exc)
-    return mark_unknown(
-        UpstreamError("The send failed unexpectedly; the message may or may not be queued.")
-    )
+    return UpstreamError("The send failed unexpectedly; the message may or may not be queued.")
 
 
 async def _take_key(

@@ -7,7 +7,6 @@ import asyncio
 import math
 import random
 from collections.abc import Awaitable, Callable
-from typing import Literal
 
 from app.errors import (
     AppError,
@@ -31,6 +30,7 @@ from app.plivo.client import (
     PlivoTimeout,
     PlivoUnreachable,
 )
+from app.status import MessageStatus
 
 log = get_logger("app.sender")
 
@@ -40,24 +40,6 @@ BACKOFF_BASE_SECONDS = 0.2
 BACKOFF_CAP_SECONDS = 2.0
 DEFAULT_RETRY_AFTER = 2
 
-# What a failed send leaves behind: a rejection or an unknown outcome is stored, else nothing.
-Outcome = Literal["rejected", "unknown"] | None
-
-
-def _with_outcome(error: AppError, outcome: Outcome) -> AppError:
-    error.outcome = outcome  # type: ignore[attr-defined]
-    return error
-
-
-def mark_unknown(error: AppError) -> AppError:
-    """This failure leaves the message's fate unknown: store it, reconcile it."""
-    return _with_outcome(error, "unknown")
-
-
-def outcome_of(error: AppError) -> Outcome:
-    """`rejected`/`unknown` when the failure must be stored and replayed, else None."""
-    return getattr(error, "outcome", None)
-
 
 def _retry_after_header(seconds: float | None) -> dict[str, str]:
     value = DEFAULT_RETRY_AFTER if seconds is None else max(1, math.ceil(seconds))
@@ -65,51 +47,43 @@ def _retry_after_header(seconds: float | None) -> dict[str, str]:
 
 
 def map_plivo_error(exc: PlivoError) -> AppError:
-    """Plivo's answer (or silence) -> our error code, status and stored outcome."""
+    """Plivo's answer (or silence) -> our error; its class says the status, the stored
+    outcome and whether the attempt may be retried."""
     api_id = exc.api_id
     if isinstance(exc, PlivoHTTPError):
         status = exc.status
         if status in (400, 422):
-            return _with_outcome(PlivoRejected(exc.error, plivo_api_id=api_id), "rejected")
+            return PlivoRejected(exc.error, plivo_api_id=api_id)
         if status in (401, 403):
             detail = "Plivo refused the service's credentials or permissions."
-            return _with_outcome(UpstreamAuthFailed(detail, plivo_api_id=api_id), None)
+            return UpstreamAuthFailed(detail, plivo_api_id=api_id)
         if status == 429:
-            return _with_outcome(
-                UpstreamRateLimited(
-                    "Plivo is rate-limiting this account; retry later.",
-                    headers=_retry_after_header(exc.retry_after),
-                    plivo_api_id=api_id,
-                ),
-                None,
+            return UpstreamRateLimited(
+                "Plivo is rate-limiting this account; retry later.",
+                headers=_retry_after_header(exc.retry_after),
+                plivo_api_id=api_id,
             )
         if status == 503:
-            return _with_outcome(
-                UpstreamUnavailable(
-                    "Plivo is unavailable; retry later.",
-                    headers=_retry_after_header(exc.retry_after),
-                    plivo_api_id=api_id,
-                ),
-                None,
+            return UpstreamUnavailable(
+                "Plivo is unavailable; retry later.",
+                headers=_retry_after_header(exc.retry_after),
+                plivo_api_id=api_id,
             )
         detail = f"Plivo answered HTTP {status}; the message may or may not have been queued."
-        outcome: Outcome = "unknown" if exc.may_have_sent else None
-        return _with_outcome(UpstreamError(detail, plivo_api_id=api_id), outcome)
+        outcome = MessageStatus.UNKNOWN if exc.may_have_sent else None
+        return UpstreamError(detail, plivo_api_id=api_id, outcome=outcome)
     if isinstance(exc, PlivoUnreachable):
-        return _with_outcome(
-            UpstreamUnavailable("Plivo could not be reached.", headers=_retry_after_header(None)),
-            None,
-        )
+        return UpstreamUnavailable("Plivo could not be reached.", headers=_retry_after_header(None))
     if isinstance(exc, PlivoDropped):
         detail = "The connection to Plivo broke after the request was sent; outcome unknown."
-        return _with_outcome(UpstreamError(detail), "unknown")
+        return UpstreamError(detail)
     if isinstance(exc, PlivoBadResponse):
         detail = "Plivo's answer could not be understood; the message may have been queued."
-        return _with_outcome(UpstreamError(detail), "unknown")
+        return UpstreamError(detail)
     if isinstance(exc, PlivoTimeout):
         detail = "Plivo did not answer in time; the message may or may not have been queued."
-        return _with_outcome(UpstreamTimeout(detail), "unknown")
-    return _with_outcome(UpstreamError(str(exc)), "unknown")
+        return UpstreamTimeout(detail)
+    return UpstreamError(str(exc))
 
 
 def attempt_outcome(exc: PlivoError) -> str:
@@ -125,12 +99,6 @@ def attempt_outcome(exc: PlivoError) -> str:
     if isinstance(exc, PlivoBadResponse):
         return "bad_response"
     return "error"
-
-
-def _is_retryable(exc: PlivoError) -> bool:
-    if isinstance(exc, PlivoUnreachable):
-        return True
-    return isinstance(exc, PlivoHTTPError) and exc.status in (429, 503)
 
 
 def _is_sick(exc: PlivoError | None) -> bool:
@@ -226,10 +194,11 @@ class Sender:
                     error=str(exc),
                     duration_ms=round((loop.time() - started) * 1000, 2),
                 )
-                delay = self._retry_delay(exc, attempt, deadline - loop.time())
+                error = map_plivo_error(exc)
+                delay = self._retry_delay(exc, error, attempt, deadline - loop.time())
                 if delay is None:
                     self.breaker.record(sick=_is_sick(exc), trial=is_trial)
-                    raise map_plivo_error(exc) from None
+                    raise error from None
                 log.info("plivo_retry", attempt=attempt, delay_s=round(delay, 3), error=str(exc))
             else:
                 outcome = "accepted"
@@ -251,9 +220,12 @@ class Sender:
             await asyncio.sleep(delay)
 
     @staticmethod
-    def _retry_delay(exc: PlivoError, attempt: int, remaining: float) -> float | None:
-        """Seconds to wait before retrying, or None when this failure is final."""
-        if attempt >= MAX_ATTEMPTS or not _is_retryable(exc):
+    def _retry_delay(
+        exc: PlivoError, error: AppError, attempt: int, remaining: float
+    ) -> float | None:
+        """Seconds to wait before retrying, or None when this failure is final: only an
+        answer that says Plivo took nothing and may take it later (`error.retryable`)."""
+        if attempt >= MAX_ATTEMPTS or not error.retryable:
             return None
         backoff = random.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt))
         retry_after = getattr(exc, "retry_after", None)
@@ -263,10 +235,7 @@ class Sender:
 
 
 def _circuit_open(exc: CircuitOpen) -> AppError:
-    return _with_outcome(
-        UpstreamUnavailable(
-            "Plivo has been failing; the circuit breaker is open.",
-            headers={"Retry-After": str(exc.retry_after)},
-        ),
-        None,
+    return UpstreamUnavailable(
+        "Plivo has been failing; the circuit breaker is open.",
+        headers={"Retry-After": str(exc.retry_after)},
     )

@@ -27,23 +27,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.logging import get_logger
+from app.status import FINAL_RANK, STATUS_RANK
 from app.store.db import BatchedOp
 from app.store.tables import callback_nonces, events, idempotency_keys, messages
 
 log = get_logger("app.store")
-
-# Order: unknown < queued < sent < final ones; the first final status stays.
-STATUS_RANK = {
-    "unknown": 0,
-    "queued": 1,
-    "sent": 2,
-    "delivered": 3,
-    "undelivered": 3,
-    "failed": 3,
-    "rejected": 3,
-    "not_sent": 3,
-}
-FINAL_RANK = 3
 
 # Meaning of Plivo's error codes (https://plivo.com/docs/messaging/troubleshooting/error-codes).
 ERROR_MESSAGES = {
