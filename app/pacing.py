@@ -142,12 +142,14 @@ class RedisGcra:
 
         self.rate = rate
         self.key = key
-        # Fail fast like the limits' client: the fallback is the retry.
+        # Fail fast like the limits' client (the fallback is the retry), but retry once at
+        # once: after Redis restarts, the first call meets a pooled connection that Redis
+        # closed, and that failure would put the limits back on memory for every replica.
         self.client: Any = Redis.from_url(
             url,
             socket_timeout=REDIS_TIMEOUT_SECONDS,
             socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-            retry=Retry(NoBackoff(), 0),
+            retry=Retry(NoBackoff(), 1),
         )
         self._script = self.client.register_script(GCRA_SCRIPT)
 
