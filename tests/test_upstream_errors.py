@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
@@ -84,19 +85,24 @@ async def test_dropped_after_sending_is_not_retried(client, fake_plivo):
 
 
 async def test_hung_plivo_times_out(settings_factory, client_for, fake_plivo):
-    """No answer within PLIVO_TIMEOUT_SECONDS -> 504 upstream_timeout, one call."""
+    """No answer within PLIVO_TIMEOUT_SECONDS -> 504 upstream_timeout, one call, never a hang."""
     fake_plivo.script(fp.hang())
     async with client_for(settings_factory(plivo_timeout_seconds=0.5)) as client:
+        started = time.monotonic()
         response = await client.post("/api/mms/send", json=VALID)
+        elapsed = time.monotonic() - started
     assert response.status_code == 504 and response.json()["code"] == "upstream_timeout"
+    assert elapsed < 0.5 + 5  # the deadline plus a generous margin
     assert len(fake_plivo.sends()) == 1
 
 
 async def test_transient_429_then_success(client, fake_plivo):
-    """429 is retried (Plivo did not take the message) and the send then succeeds."""
-    fake_plivo.script(fp.status(429, retry_after="0"))
+    """429 is retried (Plivo did not take the message) after its Retry-After, then succeeds."""
+    fake_plivo.script(fp.status(429, retry_after="1"))
+    started = time.monotonic()
     response = await client.post("/api/mms/send", json=VALID)
     assert response.status_code == 200
+    assert time.monotonic() - started >= 0.9  # Retry-After honoured
     assert len(fake_plivo.sends()) == 2
 
 
