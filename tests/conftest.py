@@ -19,13 +19,19 @@ from app.config import Settings
 from app.main import create_app
 from app.store.db import Database
 from tests.fakeplivo import AUTH_ID, AUTH_TOKEN, FakePlivo
+from tests.helpers import (  # noqa: F401  (re-exported: older tests import them from here)
+    API_KEYS,
+    KEY_A,
+    KEY_B,
+    SENDER,
+    VALID,
+    asgi_client,
+    psql,
+)
 
 # Tests configure the service explicitly: nothing from the developer's shell leaks in.
 for _name in Settings.model_fields:
     os.environ.pop(_name.upper(), None)
-
-SENDER = "+14155550000"
-VALID = {"to": "+14155550100", "media_urls": ["https://example.com/a.png"], "text": "hello"}
 
 
 @pytest.fixture(scope="session")
@@ -83,12 +89,6 @@ def settings_factory(fake_plivo: FakePlivo, sqlite_url: str) -> Callable[..., Se
 @pytest.fixture
 def settings(settings_factory: Callable[..., Settings]) -> Settings:
     return settings_factory()
-
-
-def asgi_client(app: Any, client_ip: str = "127.0.0.1") -> httpx.AsyncClient:
-    """An HTTP client that talks to the app in process, as `client_ip`."""
-    transport = httpx.ASGITransport(app=app, client=(client_ip, 50000))
-    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
 
 
 def _state_per_request(app: Any, lifespan_state: dict[str, Any]) -> Any:
@@ -175,35 +175,6 @@ def redis_url() -> Iterator[str]:
     yield url
     client.flushdb()
     client.close()
-
-
-KEY_A = "alpha-0123456789abcdef"
-KEY_B = "bravo-0123456789abcdef"
-API_KEYS = f"alpha:{KEY_A},bravo:{KEY_B}"
-
-
-def psql(sql: str, database: str = "test") -> str:
-    """Run SQL as the postgres superuser on the machine's PostgreSQL (trust auth)."""
-    result = subprocess.run(
-        [
-            "psql",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            database,
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-qAtc",
-            sql,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return result.stdout
 
 
 def _postgres_available() -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import VALID
+from tests.helpers import VALID
 from tests.signing import FORM, form
 from tests.test_metrics import scrape
 

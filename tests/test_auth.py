@@ -8,7 +8,7 @@ import pytest
 
 from app.auth import Authenticator
 from app.config import parse_api_keys
-from tests.conftest import API_KEYS, KEY_A, VALID
+from tests.helpers import API_KEYS, KEY_A, VALID
 
 
 @pytest.fixture

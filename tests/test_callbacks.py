@@ -9,8 +9,8 @@ from plivo.utils import validate_signature
 from plivo.utils.signature_v3 import construct_post_url, validate_v3_signature
 
 from tests import fakeplivo as fp
-from tests.conftest import VALID
 from tests.fakeplivo import AUTH_TOKEN
+from tests.helpers import VALID
 from tests.signing import FORM, form, v2_headers, v3_headers
 
 PUBLIC = "https://mms.example.com"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from app.deps import get_caller, get_services
-from tests.conftest import API_KEYS, KEY_A, VALID
+from tests.helpers import API_KEYS, KEY_A, VALID
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import VALID
+from tests.helpers import VALID
 from tests.server import base_env
 
 pytestmark = pytest.mark.e2e

@@ -15,18 +15,11 @@ import httpx
 import pytest
 
 from tests import fakeplivo as fp
-from tests.conftest import API_KEYS, KEY_A, VALID
+from tests.helpers import API_KEYS, KEY_A, VALID, keyed, wait_for
+from tests.helpers import post_send as post
 
 pytestmark = pytest.mark.e2e
 A = {"X-API-Key": KEY_A}
-
-
-def keyed(key):
-    return {**A, "Idempotency-Key": key}
-
-
-def post(server, body=VALID, headers=A, timeout=30.0):
-    return httpx.post(f"{server.url}/api/mms/send", json=body, headers=headers, timeout=timeout)
 
 
 def test_fifty_concurrent_one_key_one_call_and_replays_survive_restarts(server_factory, fake_plivo):
@@ -70,7 +63,7 @@ def test_kill_9_mid_send_then_restart_makes_no_new_call(server_factory, fake_pli
         target=lambda: _ignore(lambda: post(server, headers=keyed("crash")))
     )
     in_flight.start()
-    _wait_for(lambda: len(fake_plivo.sends()) == 1)
+    wait_for(lambda: len(fake_plivo.sends()) == 1)
     key_taken = time.monotonic()  # (just before) the send reached Plivo
     server.proc.kill()  # SIGKILL mid-send: nothing recorded the outcome
     server.proc.wait(10)
@@ -107,7 +100,7 @@ def test_dropped_after_sending_is_502_once_then_reconciled(server_factory, fake_
         ).json()["items"]
         return items and items[0]["messageUuid"] == plivo_uuid and items[0]["status"] == "delivered"
 
-    _wait_for(resolved, timeout=20)
+    wait_for(resolved, timeout=20)
     replay = post(server, headers=keyed("dropped"))
     assert replay.status_code == 502 and replay.headers["idempotent-replayed"] == "true"
     assert len(fake_plivo.sends()) == 1
@@ -153,7 +146,7 @@ def test_sigterm_during_a_slow_send_lets_it_finish(server_factory, fake_plivo):
     server = server_factory(SHUTDOWN_GRACE_SECONDS=10)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pending = pool.submit(post, server)
-        _wait_for(lambda: fake_plivo.in_flight == 1)
+        wait_for(lambda: fake_plivo.in_flight == 1)
         started = time.monotonic()
         server.proc.send_signal(15)
         response = pending.result()
@@ -171,15 +164,6 @@ def test_sigterm_drains_sandbox_deliveries(server_factory, fake_plivo):
     restarted = server_factory(PLIVO_AUTH_ID="", PLIVO_AUTH_TOKEN="", PLIVO_SENDER_NUMBER="")
     message = httpx.get(f"{restarted.url}/api/mms/{message_uuid}").json()
     assert message["status"] == "delivered"
-
-
-def _wait_for(condition, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def _ignore(call):

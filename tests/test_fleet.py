@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from tests.conftest import KEY_A, VALID
 from tests.fleet import RedisServer, require
+from tests.helpers import KEY_A, VALID
 from tests.server import free_port
 
 # One fleet at a time (fixed ports): under pytest-xdist, all fleet tests on one worker.

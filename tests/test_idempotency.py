@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from tests import fakeplivo as fp
-from tests.conftest import API_KEYS, KEY_A, KEY_B, VALID
+from tests.helpers import API_KEYS, KEY_A, KEY_B, VALID
 
 A = {"X-API-Key": KEY_A}
 B = {"X-API-Key": KEY_B}

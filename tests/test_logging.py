@@ -9,8 +9,8 @@ import pytest
 
 from app.logging import mask_number, mask_text
 from tests import fakeplivo as fp
-from tests.conftest import API_KEYS, KEY_A, KEY_B
 from tests.fakeplivo import AUTH_ID, AUTH_TOKEN
+from tests.helpers import API_KEYS, KEY_A, KEY_B
 from tests.server import Server, base_env
 
 TEXT = "top-secret-message-text-4711"

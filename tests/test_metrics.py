@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import fakeplivo as fp
-from tests.conftest import API_KEYS, KEY_A, VALID
+from tests.helpers import API_KEYS, KEY_A, VALID
 from tests.server import Server, base_env, free_port
 from tests.signing import FORM, form, v2_headers, v3_headers
 

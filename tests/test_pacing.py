@@ -13,7 +13,7 @@ from app.config import ConfigError, load_settings
 from app.errors import SendRateExceeded
 from app.pacing import REDIS_KEY, MemoryGcra, Pacer, Rate, RedisGcra, parse_rate
 from app.ratelimit import LimitStore
-from tests.conftest import API_KEYS, KEY_A, VALID
+from tests.helpers import API_KEYS, KEY_A, VALID
 from tests.server import free_port
 
 SEND = "/api/mms/send"

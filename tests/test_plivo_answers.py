@@ -9,7 +9,7 @@ import pytest
 
 from app.plivo.client import MAX_RETRY_AFTER_SECONDS, parse_retry_after
 from tests import fakeplivo as fp
-from tests.conftest import VALID
+from tests.helpers import VALID
 
 NOW = 1_800_000_000.0
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests import fakeplivo as fp
-from tests.conftest import API_KEYS, KEY_A, KEY_B, VALID, asgi_client
+from tests.helpers import API_KEYS, KEY_A, KEY_B, VALID, asgi_client
 from tests.server import free_port
 
 A = {"X-API-Key": KEY_A}

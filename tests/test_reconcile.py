@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests import fakeplivo as fp
-from tests.conftest import VALID
+from tests.helpers import VALID
 
 
 async def eventually(probe, timeout=15.0):

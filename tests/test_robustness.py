@@ -16,7 +16,7 @@ from app.store.idempotency import KEEP_MS, TakeKey
 from app.store.repository import RecordMessage, now_ms
 from app.store.tables import idempotency_keys, messages
 from tests import fakeplivo as fp
-from tests.conftest import VALID
+from tests.helpers import VALID
 from tests.signing import FORM, form, v3_headers
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import API_KEYS, KEY_A
+from tests.helpers import API_KEYS, KEY_A
 from tests.server import ROOT
 
 pytestmark = pytest.mark.e2e

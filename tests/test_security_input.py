@@ -12,7 +12,7 @@ import base64
 
 import pytest
 
-from tests.conftest import API_KEYS, KEY_A, VALID, asgi_client
+from tests.helpers import API_KEYS, KEY_A, VALID, asgi_client
 
 A = {"X-API-Key": KEY_A}
 MESSAGE_ID = "0123456789abcdef0123456789abcdef"  # the form of the service's own ids

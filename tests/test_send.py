@@ -6,8 +6,8 @@ import base64
 
 import httpx
 
-from tests.conftest import SENDER, VALID
 from tests.fakeplivo import AUTH_ID, AUTH_TOKEN, FakePlivo
+from tests.helpers import SENDER, VALID
 
 
 async def test_success_returns_the_queued_shape(client: httpx.AsyncClient, fake_plivo: FakePlivo):

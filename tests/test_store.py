@@ -11,7 +11,7 @@ from app.store.db import Database
 from app.store.migrate import HEAD_REVISION, current_revision
 from app.store.tables import messages
 from tests import fakeplivo as fp
-from tests.conftest import API_KEYS, KEY_A, KEY_B, VALID
+from tests.helpers import API_KEYS, KEY_A, KEY_B, VALID
 
 A = {"X-API-Key": KEY_A}
 B = {"X-API-Key": KEY_B}
@@ -204,7 +204,7 @@ async def test_ready_is_200_with_degraded_list(keyed, client_for):
 async def test_ready_is_503_when_the_store_is_unreachable(
     settings_factory, client_for, postgres_url
 ):
-    from tests.conftest import psql
+    from tests.helpers import psql
 
     role = postgres_url.split("//")[1].split("@")[0]
     async with client_for(settings_factory(database_url=postgres_url)) as client:

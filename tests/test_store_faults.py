@@ -13,7 +13,7 @@ import concurrent.futures
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from app.store import db as store_db
 from app.store.db import FunctionOp, GroupCommitWriter, RecordPending, StoreUnavailable
 from tests import fakeplivo as fp
-from tests.conftest import API_KEYS, KEY_A, VALID, psql
+from tests.helpers import API_KEYS, KEY_A, VALID, keyed, psql, wait_for
+from tests.helpers import post_send as post
 from tests.signing import FORM, form, v3_headers
 from tests.tcpproxy import TcpProxy
 
@@ -38,25 +39,8 @@ LEASE_SECONDS = 9
 PLIVO_HOLDS_SECONDS = 1.5  # time for the test to break the store while a send is in flight
 
 
-def keyed(key: str) -> dict[str, str]:
-    return {**A, "Idempotency-Key": key}
-
-
-def post(server: Any, body: dict[str, Any] = VALID, headers: dict[str, str] = A) -> httpx.Response:
-    return httpx.post(f"{server.url}/api/mms/send", json=body, headers=headers, timeout=30)
-
-
 def ready(server: Any) -> httpx.Response:
     return httpx.get(f"{server.url}/ready", timeout=10)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def assert_refused(response: httpx.Response) -> None:

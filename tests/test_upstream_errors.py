@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests import fakeplivo as fp
-from tests.conftest import VALID
+from tests.helpers import VALID
 
 
 def _closed_port() -> int:

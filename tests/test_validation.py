@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import VALID
+from tests.helpers import VALID
 
 
 def _with(**changes):
