@@ -375,6 +375,8 @@ def _network_failure(exc: aiohttp.ClientError) -> Verdict:
         return Verdict("unreachable", "unreachable: the TLS handshake failed")
     if isinstance(exc, aiohttp.ClientConnectorError):
         return Verdict("unreachable", "unreachable: the connection failed")
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return Verdict("unreachable", "unreachable: no answer in time")
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return Verdict("unreachable", "unreachable: the server closed the connection")
     if isinstance(exc, aiohttp.InvalidURL):

@@ -564,6 +564,25 @@ async def test_a_stored_response_replays_even_when_the_media_is_gone(
     assert len(fake_plivo.sends()) == 1
 
 
+async def test_the_guard_is_on_in_a_send_and_allow_hosts_open_one_host(
+    settings_factory, client_for, fake_plivo: FakePlivo, media, recorder
+):
+    settings = settings_factory(
+        media_preflight=True, media_allow_hosts=f"localhost:1,127.0.0.1:{media.port}"
+    )
+    async with client_for(settings) as client:
+        allowed = await client.post("/api/mms/send", json=body(media.url("/ok.png")))
+        refused = await client.post(
+            "/api/mms/send", json=body(f"http://127.0.0.1:{recorder.port}/a.png")
+        )
+    assert allowed.status_code == 200, allowed.text
+    assert refused.status_code == 422
+    assert refused.json()["errors"] == [{"field": "media_urls[0]", "message": NOT_ALLOWED}]
+    await asyncio.sleep(0.05)
+    assert recorder.accepts == 0
+    assert len(fake_plivo.sends()) == 1
+
+
 async def test_on_by_default_with_live_credentials(
     settings_factory, client_for, fake_plivo: FakePlivo, media
 ):
