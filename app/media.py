@@ -30,6 +30,9 @@ from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from app.errors import MediaRejected
+from app.logging import get_logger
+
+log = get_logger("app.media")
 
 # Content types Plivo sends as MMS media (docs/media.md gives the source). Compared
 # without parameters, case-insensitively.
@@ -276,6 +279,9 @@ class Preflight:
                 verdict = await self._follow(URL(url))
         except TimeoutError:
             verdict = Verdict("unreachable", f"unreachable: no answer within {timeout:g} s")
+        except Exception as exc:  # never a 500 for a caller's URL: say it cannot be fetched
+            log.warning("media_preflight_failed", error=type(exc).__name__)
+            verdict = Verdict("unreachable", "unreachable: not a URL that can be fetched")
         self.cache.put(url, verdict)
         return verdict
 

@@ -338,6 +338,17 @@ async def test_the_send_deadline_bounds_the_whole_preflight(make_preflight, medi
     ]
 
 
+async def test_an_unexpected_failure_is_a_refusal_not_a_crash(make_preflight, monkeypatch):
+    preflight = await make_preflight(allow_private=True)
+
+    async def broken(url: Any) -> Verdict:
+        raise UnicodeError("label too long")
+
+    monkeypatch.setattr(preflight, "_follow", broken)
+    [error] = await refusals(preflight, ["http://example.com/a.png"])
+    assert error["message"] == "unreachable: not a URL that can be fetched"
+
+
 # The cache --------------------------------------------------------------------------------
 async def test_a_success_is_cached_for_five_minutes(make_preflight, media):
     now = [1000.0]
@@ -470,6 +481,7 @@ async def test_an_allowed_name_may_resolve_to_a_private_address(make_preflight, 
 def test_public_addresses_are_public():
     assert is_public("93.184.216.34")
     assert is_public("2606:2800:220:1:248:1893:25c8:1946")
+    assert not is_public("64:ff9b::a00:1")  # NAT64 (of 10.0.0.1): inside reserved ::/8
     assert not is_public("::ffff:10.0.0.1")
     assert not is_public("not an address")
 
