@@ -292,6 +292,35 @@ class Settings(BaseSettings):
         "(V3 when present, else V2). Every nonce of a request is recorded either way.",
     )
 
+    media_preflight: bool | None = Field(
+        None,
+        description="Check every media URL (reachable, type, size) before a send and refuse "
+        "a bad one with 422 `media_rejected` (docs/media.md); empty means on with Plivo "
+        "credentials, off in sandbox mode; `false` turns it off everywhere.",
+    )
+    media_max_bytes: int = Field(
+        2_097_152,
+        gt=0,
+        description="Largest media file preflight lets through, in bytes (Plivo: 2 MB per "
+        "attachment).",
+    )
+    media_max_total_bytes: int = Field(
+        5_242_880,
+        gt=0,
+        description="Largest sum of a message's media sizes, in bytes (Plivo: 5 MB per "
+        "message, its error 120).",
+    )
+    media_allow_private: bool = Field(
+        False,
+        description="Let preflight fetch loopback, private and link-local addresses (tests "
+        "only; refused in production).",
+    )
+    media_allow_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated `host` or `host:port` that preflight may fetch even when "
+        "they resolve to private addresses (an internal CDN); the other rules still apply.",
+    )
+
     @field_validator("log_level", "app_env", "log_format", mode="before")
     @classmethod
     def _lowercase(cls, value: Any) -> Any:
@@ -340,6 +369,13 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_keys(cls, value: Any) -> Any:
         return parse_api_keys(value) if isinstance(value, str) else value
+
+    @field_validator("media_allow_hosts", mode="before")
+    @classmethod
+    def _parse_allow_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [entry for entry in (part.strip() for part in value.split(",")) if entry]
+        return tuple(_allow_host(str(entry)) for entry in value)
 
     @field_validator("rate_limit", "rate_limit_per_destination")
     @classmethod
@@ -397,6 +433,12 @@ class Settings(BaseSettings):
                     raise ConfigError(f"{name}: required when APP_ENV=production")
             if not self.api_keys:
                 raise ConfigError("API_KEYS: required when APP_ENV=production (auth cannot be off)")
+            if self.media_allow_private:
+                raise ConfigError(
+                    "MEDIA_ALLOW_PRIVATE: refused when APP_ENV=production (it lets callers make "
+                    "the service fetch internal addresses); list internal hosts in "
+                    "MEDIA_ALLOW_HOSTS instead"
+                )
         if has_id and self.plivo_sender_number is None:
             raise ConfigError("PLIVO_SENDER_NUMBER: required with Plivo credentials")
         return self
@@ -446,6 +488,11 @@ class Settings(BaseSettings):
                 "FORWARDED_ALLOW_IPS trusts every peer: a client can choose its own address "
                 "in X-Forwarded-For and escape the per-client limit; list the proxies"
             )
+        if self.media_allow_private:  # development only: production refuses it
+            warnings.append(
+                "MEDIA_ALLOW_PRIVATE is on: media preflight may fetch loopback and private "
+                "addresses for any caller (for tests only; refused in production)"
+            )
         if self.plivo_auth_id is not None and self.plivo_api_url_in_clear:
             warnings.append(  # development only: production refuses it
                 "PLIVO_API_URL is http:// to a host that is not loopback: the Plivo "
@@ -480,6 +527,11 @@ class Settings(BaseSettings):
         return parse_rate(self.send_rate)
 
     @property
+    def media_preflight_enabled(self) -> bool:
+        """MEDIA_PREFLIGHT, or by default: on when sending for real, off in sandbox mode."""
+        return self.media_preflight if self.media_preflight is not None else not self.sandbox
+
+    @property
     def sandbox(self) -> bool:
         """No credentials in development: Plivo is simulated in process (never in production)."""
         return self.plivo_auth_id is None and not self.is_production
@@ -499,6 +551,29 @@ class Settings(BaseSettings):
         if self.metrics_token:
             values.append(self.metrics_token.get_secret_value())
         return [v for v in values if len(v) >= 4]
+
+
+def _allow_host(entry: str) -> str:
+    """One MEDIA_ALLOW_HOSTS entry, canonical: lowercase `host` or `host:port`, an IPv6
+    address in brackets when a port follows (`[fd00::1]:8443`)."""
+    entry = entry.strip().lower()
+    port: str | None = None
+    if entry.startswith("["):
+        host, closed, rest = entry[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            raise ValueError(f"{entry!r} is not `host` or `host:port`")
+        port = rest[1:] if rest else None
+    elif entry.count(":") == 1:
+        host, port = entry.split(":")
+    else:
+        host = entry  # a name, an IPv4 address, or a bare IPv6 address (several colons)
+    if not host or any(c in host for c in "/@?#[] "):
+        raise ValueError(f"{entry!r} is not `host` or `host:port`")
+    if port is None:
+        return host
+    if not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"{entry!r}: the port must be 1-65535")
+    return f"[{host}]:{int(port)}" if ":" in host else f"{host}:{int(port)}"
 
 
 def _trusts_everyone(forwarded_allow_ips: str) -> bool:

@@ -16,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 
 from app.auth import Authenticator, api_key_scheme, bearer_scheme
 from app.config import Settings
+from app.media import Preflight
 from app.pacing import Pacer
 from app.plivo.sender import Sender
 from app.ratelimit import Limits
@@ -38,6 +39,7 @@ class Services:
     sender: Sender
     reconciler: Reconciler
     pacer: Pacer | None = None  # None: SEND_RATE=0, pacing off
+    preflight: Preflight | None = None  # None: MEDIA_PREFLIGHT off
     draining: bool = False  # set on SIGTERM and at shutdown: /ready answers 503
 
 

@@ -129,6 +129,15 @@ class IdempotencyInProgress(AppError):
     retryable = True
 
 
+class MediaRejected(AppError):
+    """A media URL failed preflight (unreachable, wrong type, too large...): refused before
+    Plivo, nothing stored, nothing counted. `errors` has one entry per failing URL."""
+
+    status = 422
+    code = "media_rejected"
+    title = "Media cannot be sent"
+
+
 # Limits ----------------------------------------------------------------------------------
 class RateLimited(AppError):
     status = 429
@@ -236,6 +245,7 @@ SEND_ERRORS: tuple[type[AppError], ...] = (
     QuotaExceeded,
     IdempotencyKeyReused,
     IdempotencyInProgress,
+    MediaRejected,
     PlivoRejected,
     UpstreamAuthFailed,
     UpstreamError,

@@ -28,6 +28,7 @@ from app.config import ConfigError, Settings, load_settings
 from app.deps import LifespanState, Services
 from app.docs import install_docs
 from app.logging import configure_logging, get_logger
+from app.media import Preflight
 from app.metrics import Metrics, multiprocess_dir
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.mms.router import router as mms_router
@@ -131,6 +132,17 @@ async def _lifespan(app: FastAPI, built: _Built) -> AsyncIterator[LifespanState]
         on_wait=metrics.pacing_waited,
         on_refuse=metrics.pacing_refused,
     )
+    preflight = None
+    if settings.media_preflight_enabled:
+        preflight = await Preflight(
+            max_bytes=settings.media_max_bytes,
+            max_total_bytes=settings.media_max_total_bytes,
+            allow_private=settings.media_allow_private,
+            allow_hosts=settings.media_allow_hosts,
+            on_result=metrics.preflight_result,
+            on_cache=metrics.preflight_cache_lookup,
+            on_duration=metrics.preflight_took,
+        ).start()
     reconciler = Reconciler(db, client, settings)
     reconciler.on_lookup = metrics.reconcile_lookup
     reconciler.on_backlog = metrics.set_reconcile_backlog
@@ -143,6 +155,7 @@ async def _lifespan(app: FastAPI, built: _Built) -> AsyncIterator[LifespanState]
         sender=sender,
         reconciler=reconciler,
         pacer=pacer,
+        preflight=preflight,
     )
     reconciler.start()
     stopping = asyncio.Event()
@@ -175,6 +188,8 @@ async def _lifespan(app: FastAPI, built: _Built) -> AsyncIterator[LifespanState]
         await client.aclose()  # the sandbox lets its simulated deliveries finish
         if pacer is not None:
             await pacer.aclose()
+        if preflight is not None:
+            await preflight.aclose()
         await db.close()  # the writer commits what is queued
         metrics.process_exiting()
         log.info("stopped")

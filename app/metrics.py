@@ -53,6 +53,16 @@ _CODE_BY_STATUS = {200: "ok", **{error.status: error.code for error in _EARLY_ER
 SEND_CODES = ("ok", "idempotent_replay", *(error.code for error in errors.SEND_ERRORS))
 PLIVO_OUTCOMES = ("accepted", "unreachable", "dropped", "timeout", "bad_response")
 CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+PREFLIGHT_REASONS = (
+    "ok",
+    "unreachable",
+    "type_not_supported",
+    "no_length",
+    "too_large",
+    "total_too_large",
+    "too_many_redirects",
+    "address_not_allowed",
+)
 
 
 def multiprocess_dir() -> str | None:
@@ -196,6 +206,25 @@ class Metrics:
             registry=r,
         )
 
+        self.preflight_results = Counter(
+            "mms_media_preflight_results",
+            "Media URLs checked before a send, by result (ok or the refusal's reason)",
+            ("reason",),
+            registry=r,
+        )
+        self.preflight_duration = Histogram(
+            "mms_media_preflight_duration_seconds",
+            "Duration of the media preflight of one send (every URL at once)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.preflight_cache = Counter(
+            "mms_media_preflight_cache",
+            "Media preflight cache lookups by result (hit, miss)",
+            ("result",),
+            registry=r,
+        )
+
         # Pre-bound children; every label set below exists from the start (at 0), so
         # rate() and absent-series checks work before the first event.
         self._sends = {code: self.sends.labels(code) for code in SEND_CODES}
@@ -209,6 +238,12 @@ class Metrics:
         self._lookups = {
             result: self.reconcile_lookups.labels(result)
             for result in ("found", "not_found", "error")
+        }
+        self._preflight = {
+            reason: self.preflight_results.labels(reason) for reason in PREFLIGHT_REASONS
+        }
+        self._preflight_cache = {
+            hit: self.preflight_cache.labels("hit" if hit else "miss") for hit in (True, False)
         }
         self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._callbacks: dict[tuple[str, str], Any] = {}
@@ -276,6 +311,16 @@ class Metrics:
 
     def pacing_refused(self) -> None:
         self.pacing_refusals.inc()
+
+    # Media preflight (Preflight hooks) -------------------------------------------------
+    def preflight_result(self, reason: str) -> None:
+        self._preflight[reason].inc()
+
+    def preflight_cache_lookup(self, hit: bool) -> None:
+        self._preflight_cache[hit].inc()
+
+    def preflight_took(self, seconds: float) -> None:
+        self.preflight_duration.observe(seconds)
 
     # Limits --------------------------------------------------------------------------
     def rate_limit_rejected(self, scope: str) -> None:

@@ -71,6 +71,7 @@ def drive(count: int, settings_json: str, off: str, database: str, fake_url: str
         "rate_limit": "100/minute",
         "rate_limit_per_destination": "100000/hour",
         "daily_quota_per_key": 1_000_000_000,
+        "media_preflight": False,  # its media URLs are served by no one
     }
     values.update(json.loads(settings_json))
     app = create_app(Settings(_env_file=None, **values))

@@ -79,6 +79,9 @@ def settings_factory(fake_plivo: FakePlivo, sqlite_url: str) -> Callable[..., Se
             "plivo_api_url": fake_plivo.url,
             "plivo_timeout_seconds": 3,
             "log_level": "warning",
+            # The tests' media URLs (example.com...) are served by no one; the preflight's
+            # own tests (tests/test_media.py) turn it on against a local media server.
+            "media_preflight": False,
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -34,6 +34,7 @@ def base_env(plivo_url: str, **overrides: Any) -> dict[str, str]:
         PLIVO_API_URL=plivo_url,
         LOG_LEVEL="info",
         LOG_FORMAT="json",
+        MEDIA_PREFLIGHT="false",  # the tests' media URLs are served by no one
     )
     env.update({k.upper(): str(v) for k, v in overrides.items()})
     return env

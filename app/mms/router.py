@@ -67,6 +67,7 @@ async def send_mms(
             db=services.db,
             settings=services.settings,
             pacer=services.pacer,
+            preflight=services.preflight,
         )
     except errors.AppError as exc:
         state["code"] = exc.code

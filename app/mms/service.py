@@ -21,6 +21,7 @@ from app.errors import (
 )
 from app.ids import random_id
 from app.logging import get_logger
+from app.media import Preflight
 from app.mms.schemas import EventOut, MessageOut, SendRequest, SendResponse
 from app.pacing import Pacer
 from app.paths import CALLBACK_PATH
@@ -30,7 +31,13 @@ from app.ratelimit import Limits
 from app.reconcile import first_check_at
 from app.status import MessageStatus
 from app.store.db import Database, RecordPending, StoreUnavailable
-from app.store.idempotency import ReleaseKey, TakeKey, fingerprint, lease_ms
+from app.store.idempotency import (
+    ReleaseKey,
+    TakeKey,
+    fingerprint,
+    has_stored_response,
+    lease_ms,
+)
 from app.store.repository import ERROR_MESSAGES, RecordMessage, idempotency_completion, now_ms
 
 log = get_logger("app.mms")
@@ -97,10 +104,11 @@ async def send_mms(
     db: Database,
     settings: Settings,
     pacer: Pacer | None = None,
+    preflight: Preflight | None = None,
 ) -> SendResult:
-    """Take the Idempotency-Key, check the limits that count only real sends, wait for the
-    pacing slot, call Plivo, record the outcome (and the key's stored response) before
-    answering."""
+    """Check the media, take the Idempotency-Key, check the limits that count only real
+    sends, wait for the pacing slot, call Plivo, record the outcome (and the key's stored
+    response) before answering."""
     refuse_if_store_failing(db)
     row = functools.partial(
         message_row,
@@ -111,6 +119,12 @@ async def send_mms(
         settings=settings,
         idempotency_key=idempotency_key,
     )
+    if preflight is not None:
+        # A stored response replays as it was, even if the media is gone since: the
+        # preflight is skipped for it. A refusal here takes no key and counts nothing.
+        replayable = idempotency_key is not None and await _has_stored(db, caller, idempotency_key)
+        if not replayable:
+            await preflight.check(request.media_urls, deadline=settings.plivo_timeout_seconds)
     if idempotency_key is not None:
         replay = await _take_key(
             db, caller, idempotency_key, request, row(status=MessageStatus.UNKNOWN), settings
@@ -215,6 +229,11 @@ async def _take_key(
     if claim.kind == "replay":
         return SendResult(claim.status, claim.body, dict(claim.headers or {}), replayed=True)
     return None
+
+
+async def _has_stored(db: Database, caller: str, key: str) -> bool:
+    async with db.read() as conn:
+        return await has_stored_response(conn, caller, key)
 
 
 async def _release(db: Database, caller: str, key: str, message_id: str) -> None:

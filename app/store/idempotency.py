@@ -39,6 +39,18 @@ def lease_ms(timeout_seconds: float, grace_seconds: float) -> int:
     return int((timeout_seconds + grace_seconds + SLOT_AND_MARGIN_SECONDS) * 1000)
 
 
+async def has_stored_response(conn: AsyncConnection, caller: str, key: str) -> bool:
+    """Read only: a response is stored under (caller, key) and is still replayable. Lets a
+    send skip checks that come after the replay (media preflight) without taking the key."""
+    query = select(idempotency_keys.c.key).where(
+        idempotency_keys.c.caller == caller,
+        idempotency_keys.c.key == key,
+        idempotency_keys.c.state == "done",
+        idempotency_keys.c.created_at >= now_ms() - KEEP_MS,
+    )
+    return (await conn.execute(query)).first() is not None
+
+
 @dataclass(frozen=True)
 class Claim:
     """What taking a key found: `new` (go ahead), `replay`, `mismatch` or `in_flight`."""
