@@ -15,6 +15,7 @@ from app.errors import (
     AppError,
     IdempotencyInProgress,
     IdempotencyKeyReused,
+    RecipientOptedOut,
     ServiceUnavailable,
     UpstreamError,
     problem_body,
@@ -29,8 +30,9 @@ from app.plivo.sender import Sender
 from app.ratelimit import Limits
 from app.reconcile import first_check_at
 from app.status import MessageStatus
+from app.store import optouts
 from app.store.db import Database, RecordPending, StoreUnavailable
-from app.store.idempotency import ReleaseKey, TakeKey, fingerprint, lease_ms
+from app.store.idempotency import ReleaseKey, TakeKey, fingerprint, lease_ms, stored_replay
 from app.store.repository import ERROR_MESSAGES, RecordMessage, idempotency_completion, now_ms
 
 log = get_logger("app.mms")
@@ -112,6 +114,16 @@ async def send_mms(
         idempotency_key=idempotency_key,
     )
     if idempotency_key is not None:
+        # A retry of a stored send is answered the same, even if the recipient opted out
+        # since: the replay comes before the opt-out check.
+        async with db.read() as conn:
+            held = await stored_replay(
+                conn, caller, idempotency_key, fingerprint(request.model_dump())
+            )
+        if held is not None:
+            return SendResult(held.status, held.body, dict(held.headers or {}), replayed=True)
+    await refuse_if_opted_out(db, request.to)
+    if idempotency_key is not None:
         replay = await _take_key(
             db, caller, idempotency_key, request, row(status=MessageStatus.UNKNOWN), settings
         )
@@ -172,6 +184,19 @@ def refuse_if_store_failing(db: Database) -> None:
         raise ServiceUnavailable(
             "The message store cannot be written; nothing was sent. Retry shortly.",
             headers={"Retry-After": str(STORE_RETRY_AFTER_SECONDS)},
+        )
+
+
+async def refuse_if_opted_out(db: Database, number: str) -> None:
+    """A listed recipient is refused before the Idempotency-Key, the limits and Plivo
+    (nothing stored, nothing counted). One primary-key lookup in the shared store, so a
+    STOP received by any replica refuses the next send on every replica."""
+    async with db.read() as conn:
+        listed = await optouts.is_opted_out(conn, number)
+    if listed:
+        raise RecipientOptedOut(
+            "The recipient has opted out (replied STOP); nothing was sent. Only the "
+            "recipient can opt back in (START)."
         )
 
 

@@ -49,6 +49,31 @@ class Claim:
     headers: dict[str, str] | None = None
 
 
+async def stored_replay(
+    conn: AsyncConnection, caller: str, key: str, fingerprint: str
+) -> Claim | None:
+    """A read-only peek: the stored response of this key for this same request, if any.
+
+    Checks that come before the key is taken (the opt-out list) must not refuse a retry
+    of a send that already succeeded. Anything else (no record, a different request, one
+    in flight, an expired one) is None: taking the key decides those."""
+    held = (
+        await conn.execute(
+            select(idempotency_keys).where(
+                idempotency_keys.c.caller == caller, idempotency_keys.c.key == key
+            )
+        )
+    ).first()
+    if (
+        held is None
+        or held.state != "done"
+        or held.fingerprint != fingerprint
+        or held.created_at < now_ms() - KEEP_MS
+    ):
+        return None
+    return Claim("replay", held.status_code, held.body.encode(), orjson.loads(held.headers))
+
+
 @dataclass
 class TakeKey:
     """Write op: take (caller, key) for this request, or report what holds it."""
