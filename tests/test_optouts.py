@@ -352,10 +352,14 @@ async def test_a_stored_send_replays_even_after_stop(app, fake_plivo):
     assert len(fake_plivo.sends()) == 1
 
 
+@pytest.mark.parametrize("shared", ["postgres_url", "sqlite_url"])
 async def test_stop_on_one_replica_refuses_on_another(
-    settings_factory, client_for, postgres_url, fake_plivo
+    settings_factory, client_for, fake_plivo, request, shared
 ):
-    settings = settings_factory(public_base_url=PUBLIC, database_url=postgres_url)
+    """Two app instances on one database (replicas on PostgreSQL; workers sharing one
+    SQLite file): a STOP taken by one refuses the other's next send at once."""
+    url = request.getfixturevalue(shared)
+    settings = settings_factory(public_base_url=PUBLIC, database_url=url)
     async with client_for(settings) as one, client_for(settings) as two:
         fake_plivo.script(fp.ok())
         assert (await two.post("/api/mms/send", json=VALID)).status_code == 200

@@ -189,11 +189,9 @@ def refuse_if_store_failing(db: Database) -> None:
 
 async def refuse_if_opted_out(db: Database, number: str) -> None:
     """A listed recipient is refused before the Idempotency-Key, the limits and Plivo
-    (nothing stored, nothing counted). One primary-key lookup in the shared store, so a
-    STOP received by any replica refuses the next send on every replica."""
-    async with db.read() as conn:
-        listed = await optouts.is_opted_out(conn, number)
-    if listed:
+    (nothing stored, nothing counted). One primary-key lookup in the shared store (no
+    cache), so a STOP received by any replica refuses the next send on every replica."""
+    if await optouts.is_listed(db, number):
         raise RecipientOptedOut(
             "The recipient has opted out (replied STOP); nothing was sent. Only the "
             "recipient can opt back in (START)."
