@@ -52,8 +52,9 @@ _EARLY_ERRORS = (errors.Unauthorized, errors.PayloadTooLarge, errors.ValidationF
 _CODE_BY_STATUS = {200: "ok", **{error.status: error.code for error in _EARLY_ERRORS}}
 SEND_CODES = ("ok", "idempotent_replay", *(error.code for error in errors.SEND_ERRORS))
 PLIVO_OUTCOMES = ("accepted", "unreachable", "dropped", "timeout", "bad_response")
-# A list source is `api:<key>` or `cli:<user>`: the label keeps the part before the colon.
-OPTOUT_SOURCES = ("inbound", "plivo_error_200", "api", "cli")
+# The list's sources inside the service (`api:<key>` is labelled `api`); the operator's
+# `optouts remove` runs in its own process and is in the log instead.
+OPTOUT_SOURCES = ("inbound", "plivo_error_200", "api")
 INBOUND_SIGNATURES = ("v3", "v2", "unsigned", "invalid", "missing", "replayed")
 CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
@@ -196,7 +197,7 @@ class Metrics:
         self.optout_changes = Counter(
             "mms_optout_changes",
             "Changes to the opt-out list by action (optout, optin) and source "
-            "(inbound, plivo_error_200, api, cli)",
+            "(inbound, plivo_error_200, api)",
             ("action", "source"),
             registry=r,
         )
