@@ -3,12 +3,15 @@ send (before the Idempotency-Key, the limits and Plivo), and the list's API."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from app.optouts.keywords import meaning
+from app.retention import purge_once
+from app.store.db import Database, FunctionOp
 from app.store.tables import callback_nonces, idempotency_keys, inbound_messages, optout_history
 from tests import fakeplivo as fp
 from tests.conftest import API_KEYS, KEY_A, KEY_B, VALID
@@ -434,3 +437,51 @@ async def test_nonces_recorded_with_the_inbound_row(app):
     assert await count(app, callback_nonces) == 0
     await post_inbound(app, inbound_params("STOP"))
     assert await count(app, callback_nonces) == 1
+
+
+async def test_error_200_from_a_reconciliation_lookup_lists_the_number(
+    settings_factory, client_for, fake_plivo, store_url
+):
+    settings = settings_factory(
+        database_url=store_url, reconcile_after_seconds=0, reconcile_rate=50, api_keys=API_KEYS
+    )
+    async with client_for(settings) as c:
+        message_uuid = (await send(c)).json()["messageUuid"][0]
+        mdr = fake_plivo.mdrs[message_uuid]
+        mdr.message_state, mdr.error_code = "failed", "200"
+        for _ in range(100):
+            if (await state_of(c)).status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+        entry = (await state_of(c)).json()
+        assert entry["optedOut"] is True and entry["source"] == "plivo_error_200"
+        assert (await send(c)).json()["code"] == "recipient_opted_out"
+
+
+# The store ---------------------------------------------------------------------------------
+async def test_migration_matches_the_tables(store_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from app.store.tables import metadata
+
+    db = Database(store_url)
+    await db.start()
+    try:
+        async with db.engine.connect() as conn:
+            diff = await conn.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)
+            )
+    finally:
+        await db.close()
+    assert diff == []
+
+
+async def test_retention_purges_inbound_messages_but_keeps_the_list(app):
+    await post_inbound(app, inbound_params("STOP"))
+    db = app.services.db
+    await db.write(FunctionOp(lambda c: c.execute(update(inbound_messages).values(received_at=0))))
+    await purge_once(db, retention_days=1)
+    assert await count(app, inbound_messages) == 0
+    assert (await state_of(app)).json()["optedOut"] is True
+    assert await count(app, optout_history) == 1
