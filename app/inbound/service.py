@@ -39,7 +39,7 @@ def _blank_is_none(value: Any) -> Any:
 
 
 PlivoNumber = Annotated[str, BeforeValidator(_plivo_number)]
-Optional = BeforeValidator(_blank_is_none)
+BlankIsNone = BeforeValidator(_blank_is_none)
 ShortAscii = Annotated[str, Field(pattern=_SHORT_ASCII)]
 MessageText = Annotated[str, Field(max_length=10_000)]
 
@@ -54,13 +54,13 @@ class InboundForm(BaseModel):
     From: PlivoNumber = Field(examples=["14155550100"])
     To: PlivoNumber = Field(examples=["14155550000"])
     MessageUUID: str = Field(pattern=_UUID, examples=["a9c5f3c2-1a2b-11ef-9f2a-0242ac110002"])
-    Type: Annotated[ShortAscii | None, Optional] = None
-    Text: Annotated[MessageText | None, Optional] = None
-    Body: Annotated[MessageText | None, Optional] = None
-    MessageIntent: Annotated[ShortAscii | None, Optional] = Field(
+    Type: Annotated[ShortAscii | None, BlankIsNone] = None
+    Text: Annotated[MessageText | None, BlankIsNone] = None
+    Body: Annotated[MessageText | None, BlankIsNone] = None
+    MessageIntent: Annotated[ShortAscii | None, BlankIsNone] = Field(
         None, examples=["optout"], description="optout, optin or help (long codes, toll-free)"
     )
-    MediaCount: Annotated[Annotated[int, Field(ge=0, le=MAX_MEDIA)] | None, Optional] = None
+    MediaCount: Annotated[Annotated[int, Field(ge=0, le=MAX_MEDIA)] | None, BlankIsNone] = None
     media: list[str] = Field(default_factory=list, description="Media0… / Media1…, in order")
 
     @model_validator(mode="before")
