@@ -137,8 +137,16 @@ def main(argv: list[str]) -> int:
     )
     if argv[:1] == ["migrate"]:
         return asyncio.run(migrate_only(settings))
+    if argv[:1] == ["optouts"]:
+        from app.optouts.cli import run
+
+        return asyncio.run(run(argv[1:], settings))
     if argv[:1] not in ([], ["serve"]):
-        print(f"usage: python -m app [serve|migrate]; unknown {argv[0]!r}", file=sys.stderr)
+        print(
+            f"usage: python -m app [serve|migrate|optouts list|optouts remove +1…]; "
+            f"unknown {argv[0]!r}",
+            file=sys.stderr,
+        )
         return 2
     return serve(settings)
 

@@ -116,6 +116,14 @@ class MethodNotAllowed(AppError):
     title = "Method not allowed"
 
 
+class RecipientOptedOut(AppError):
+    """The recipient is on the opt-out list: refused before Plivo, counting nothing."""
+
+    status = 422
+    code = "recipient_opted_out"
+    title = "The recipient has opted out"
+
+
 class IdempotencyKeyReused(AppError):
     status = 422
     code = "idempotency_key_reused"
@@ -245,6 +253,7 @@ SEND_ERRORS: tuple[type[AppError], ...] = (
     QuotaExceeded,
     IdempotencyKeyReused,
     IdempotencyInProgress,
+    RecipientOptedOut,
     MediaRejected,
     PlivoRejected,
     UpstreamAuthFailed,

@@ -27,11 +27,13 @@ from app.callbacks.service import record_status
 from app.config import ConfigError, Settings, load_settings
 from app.deps import LifespanState, Services
 from app.docs import install_docs
+from app.inbound.router import router as inbound_router
 from app.logging import configure_logging, get_logger
 from app.media import Preflight
 from app.metrics import Metrics, multiprocess_dir
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.mms.router import router as mms_router
+from app.optouts.router import router as optouts_router
 from app.pacing import Pacer
 from app.plivo.breaker import CircuitBreaker
 from app.plivo.client import AiohttpPlivoClient, PlivoClient
@@ -254,7 +256,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(DBAPIError, _on_store_unavailable)
     # Callbacks first: for a method not allowed on /api/mms/status, Starlette's 405 names
     # the first route whose path matches — it must be POST /status, not GET /{messageUuid}.
-    for router in (callbacks_router, mms_router, health.router):
+    for router in (callbacks_router, inbound_router, mms_router, optouts_router, health.router):
         # The routes themselves, not include_router(): FastAPI 0.165 keeps an included
         # router as a nested matcher, and walking it cost ~60 µs per request here.
         app.router.routes.extend(_bound_to(app, route) for route in router.routes)

@@ -52,6 +52,10 @@ _EARLY_ERRORS = (errors.Unauthorized, errors.PayloadTooLarge, errors.ValidationF
 _CODE_BY_STATUS = {200: "ok", **{error.status: error.code for error in _EARLY_ERRORS}}
 SEND_CODES = ("ok", "idempotent_replay", *(error.code for error in errors.SEND_ERRORS))
 PLIVO_OUTCOMES = ("accepted", "unreachable", "dropped", "timeout", "bad_response")
+# The list's sources inside the service (`api:<key>` is labelled `api`); the operator's
+# `optouts remove` runs in its own process and is in the log instead.
+OPTOUT_SOURCES = ("inbound", "plivo_error_200", "api")
+INBOUND_SIGNATURES = ("v3", "v2", "unsigned", "invalid", "missing", "replayed")
 CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 PREFLIGHT_REASONS = (
     "ok",
@@ -200,6 +204,20 @@ class Metrics:
             buckets=PACING_BUCKETS,
             registry=r,
         )
+        self.optout_changes = Counter(
+            "mms_optout_changes",
+            "Changes to the opt-out list by action (optout, optin) and source "
+            "(inbound, plivo_error_200, api)",
+            ("action", "source"),
+            registry=r,
+        )
+        self.inbound_messages = Counter(
+            "mms_inbound_messages",
+            "Inbound messages by signature (v3, v2, unsigned in sandbox mode, invalid, "
+            "missing, replayed)",
+            ("signature",),
+            registry=r,
+        )
         self.pacing_refusals = Counter(
             "mms_pacing_refusals",
             "Synchronous sends refused with send_rate_exceeded (no slot within the wait)",
@@ -245,6 +263,12 @@ class Metrics:
         self._preflight_cache = {
             hit: self.preflight_cache.labels("hit" if hit else "miss") for hit in (True, False)
         }
+        self._optouts = {
+            (action, source): self.optout_changes.labels(action, source)
+            for action in ("optout", "optin")
+            for source in OPTOUT_SOURCES
+        }
+        self._inbound = {s: self.inbound_messages.labels(s) for s in INBOUND_SIGNATURES}
         self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._callbacks: dict[tuple[str, str], Any] = {}
         self.circuit_opens.inc(0)
@@ -346,6 +370,17 @@ class Metrics:
         if child is None:
             child = self._callbacks[key] = self.callbacks.labels(label, signature)
         child.inc()
+
+    def optout_changed(self, action: str, source: str) -> None:
+        label = source.split(":", 1)[0]
+        child = self._optouts.get((action, label))
+        if child is not None:  # a fixed set: nothing else becomes a series
+            child.inc()
+
+    def inbound(self, signature: str) -> None:
+        child = self._inbound.get(signature)
+        if child is not None:
+            child.inc()
 
     def reconcile_lookup(self, result: str) -> None:
         self._lookups[result].inc()

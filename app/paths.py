@@ -1,4 +1,5 @@
-"""The two paths several modules need to know: the send route and Plivo's callback route."""
+"""The paths several modules need to know: the send route and Plivo's signed routes."""
 
 SEND_PATH = "/api/mms/send"
 CALLBACK_PATH = "/api/mms/status"
+INBOUND_PATH = "/api/mms/inbound"

@@ -1,5 +1,6 @@
-"""Retention: messages, events and callback nonces older than RETENTION_DAYS are purged;
-idempotency records after 24 h. Runs shortly after start, then hourly, in every process
+"""Retention: messages, events, inbound messages and callback nonces older than
+RETENTION_DAYS are purged; idempotency records after 24 h (the opt-out list and its
+history are kept). Runs shortly after start, then hourly, in every process
 (the deletes are idempotent, so replicas doing it too is harmless)."""
 
 from __future__ import annotations

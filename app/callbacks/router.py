@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
@@ -11,6 +13,7 @@ from app.callbacks import service, signature
 from app.deps import ServicesDep
 from app.openapi import body_read_by_hand
 from app.paths import CALLBACK_PATH
+from app.phone import from_plivo
 
 router = APIRouter(prefix="/api/mms", tags=["callbacks"])
 _OK = b'{"status":"ok"}'
@@ -58,11 +61,11 @@ def _field_problem(
     return None
 
 
-def _signed_url(request: Request, public_base_url: str) -> str:
+def signed_url(request: Request, public_base_url: str, path: str = CALLBACK_PATH) -> str:
     """What Plivo signed: PUBLIC_BASE_URL + path, else the URL we were called on."""
     if public_base_url:
         query = request.url.query
-        return f"{public_base_url}{CALLBACK_PATH}" + (f"?{query}" if query else "")
+        return f"{public_base_url}{path}" + (f"?{query}" if query else "")
     return str(request.url)
 
 
@@ -90,7 +93,7 @@ async def status_callback(request: Request, services: ServicesDep) -> Response:
         raise errors.InvalidSignature("Sandbox mode (no PLIVO_AUTH_TOKEN) accepts no callbacks.")
     params, verdict = await signature.read_signed_form(
         request,
-        url=_signed_url(request, settings.public_base_url),
+        url=signed_url(request, settings.public_base_url),
         auth_token=settings.auth_token,
         accepted=settings.plivo_signature,
     )
@@ -122,6 +125,8 @@ async def status_callback(request: Request, services: ServicesDep) -> Response:
             ),
             None,
         ),
+        to_number=from_plivo(to) if isinstance(to := params.get("To"), str) else None,
+        on_optout=functools.partial(metrics.optout_changed, "optout"),
     )
     metrics.callback(status, scheme if fresh else "replayed")
     request.scope["state"]["message_uuid"] = uuid

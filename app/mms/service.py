@@ -15,6 +15,7 @@ from app.errors import (
     AppError,
     IdempotencyInProgress,
     IdempotencyKeyReused,
+    RecipientOptedOut,
     ServiceUnavailable,
     UpstreamError,
     problem_body,
@@ -30,14 +31,9 @@ from app.plivo.sender import Sender
 from app.ratelimit import Limits
 from app.reconcile import first_check_at
 from app.status import MessageStatus
+from app.store import optouts
 from app.store.db import Database, RecordPending, StoreUnavailable
-from app.store.idempotency import (
-    ReleaseKey,
-    TakeKey,
-    fingerprint,
-    has_stored_response,
-    lease_ms,
-)
+from app.store.idempotency import ReleaseKey, TakeKey, fingerprint, lease_ms, stored_replay
 from app.store.repository import ERROR_MESSAGES, RecordMessage, idempotency_completion, now_ms
 
 log = get_logger("app.mms")
@@ -119,12 +115,18 @@ async def send_mms(
         settings=settings,
         idempotency_key=idempotency_key,
     )
-    if preflight is not None:
-        # A stored response replays as it was, even if the media is gone since: the
-        # preflight is skipped for it. A refusal here takes no key and counts nothing.
-        replayable = idempotency_key is not None and await _has_stored(db, caller, idempotency_key)
-        if not replayable:
-            await preflight.check(request.media_urls, deadline=settings.plivo_timeout_seconds)
+    if idempotency_key is not None:
+        # A retry of a stored send is answered the same, even if the recipient opted out
+        # or the media is gone since: the replay comes before those checks.
+        async with db.read() as conn:
+            held = await stored_replay(
+                conn, caller, idempotency_key, fingerprint(request.model_dump())
+            )
+        if held is not None:
+            return SendResult(held.status, held.body, dict(held.headers or {}), replayed=True)
+    await refuse_if_opted_out(db, request.to)
+    if preflight is not None:  # a refusal here, like the opt-out's, takes no key, counts nothing
+        await preflight.check(request.media_urls, deadline=settings.plivo_timeout_seconds)
     if idempotency_key is not None:
         replay = await _take_key(
             db, caller, idempotency_key, request, row(status=MessageStatus.UNKNOWN), settings
@@ -189,6 +191,17 @@ def refuse_if_store_failing(db: Database) -> None:
         )
 
 
+async def refuse_if_opted_out(db: Database, number: str) -> None:
+    """A listed recipient is refused before the Idempotency-Key, the limits and Plivo
+    (nothing stored, nothing counted). One primary-key lookup in the shared store (no
+    cache), so a STOP received by any replica refuses the next send on every replica."""
+    if await optouts.is_listed(db, number):
+        raise RecipientOptedOut(
+            "The recipient has opted out (replied STOP); nothing was sent. Only the "
+            "recipient can opt back in (START)."
+        )
+
+
 def unexpected_send_failure(exc: Exception) -> AppError:
     """A bug or an unforeseen error during a send: Plivo may have the message, so it is an
     unknown outcome like a dropped connection (502, stored, reconciled), never a 500."""
@@ -229,11 +242,6 @@ async def _take_key(
     if claim.kind == "replay":
         return SendResult(claim.status, claim.body, dict(claim.headers or {}), replayed=True)
     return None
-
-
-async def _has_stored(db: Database, caller: str, key: str) -> bool:
-    async with db.read() as conn:
-        return await has_stored_response(conn, caller, key)
 
 
 async def _release(db: Database, caller: str, key: str, message_id: str) -> None:

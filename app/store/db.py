@@ -345,9 +345,10 @@ def _sqlite_path(url: str) -> Path | None:
 
 def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
     cursor = dbapi_conn.cursor()
+    # First: switching a new file to WAL needs a lock that a process migrating it holds.
+    cursor.execute("PRAGMA busy_timeout=5000")  # several workers share one file
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable against a process crash in WAL
-    cursor.execute("PRAGMA busy_timeout=5000")  # several workers share one file
     cursor.close()
 
 

@@ -39,18 +39,6 @@ def lease_ms(timeout_seconds: float, grace_seconds: float) -> int:
     return int((timeout_seconds + grace_seconds + SLOT_AND_MARGIN_SECONDS) * 1000)
 
 
-async def has_stored_response(conn: AsyncConnection, caller: str, key: str) -> bool:
-    """Read only: a response is stored under (caller, key) and is still replayable. Lets a
-    send skip checks that come after the replay (media preflight) without taking the key."""
-    query = select(idempotency_keys.c.key).where(
-        idempotency_keys.c.caller == caller,
-        idempotency_keys.c.key == key,
-        idempotency_keys.c.state == "done",
-        idempotency_keys.c.created_at >= now_ms() - KEEP_MS,
-    )
-    return (await conn.execute(query)).first() is not None
-
-
 @dataclass(frozen=True)
 class Claim:
     """What taking a key found: `new` (go ahead), `replay`, `mismatch` or `in_flight`."""
@@ -59,6 +47,31 @@ class Claim:
     status: int = 0
     body: bytes = b""
     headers: dict[str, str] | None = None
+
+
+async def stored_replay(
+    conn: AsyncConnection, caller: str, key: str, fingerprint: str
+) -> Claim | None:
+    """A read-only peek: the stored response of this key for this same request, if any.
+
+    Checks that come before the key is taken (the opt-out list) must not refuse a retry
+    of a send that already succeeded. Anything else (no record, a different request, one
+    in flight, an expired one) is None: taking the key decides those."""
+    held = (
+        await conn.execute(
+            select(idempotency_keys).where(
+                idempotency_keys.c.caller == caller, idempotency_keys.c.key == key
+            )
+        )
+    ).first()
+    if (
+        held is None
+        or held.state != "done"
+        or held.fingerprint != fingerprint
+        or held.created_at < now_ms() - KEEP_MS
+    ):
+        return None
+    return Claim("replay", held.status_code, held.body.encode(), orjson.loads(held.headers))
 
 
 @dataclass

@@ -28,8 +28,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.logging import get_logger
 from app.status import FINAL_RANK, STATUS_RANK
+from app.store import optouts
 from app.store.db import BatchedOp
-from app.store.tables import callback_nonces, events, idempotency_keys, messages
+from app.store.tables import (
+    callback_nonces,
+    events,
+    idempotency_keys,
+    inbound_messages,
+    messages,
+)
 
 log = get_logger("app.store")
 
@@ -67,6 +74,44 @@ def insert_ignore(conn: AsyncConnection, table: Any) -> Any:
     """INSERT … ON CONFLICT DO NOTHING in the connection's dialect."""
     module = postgresql if conn.dialect.name == "postgresql" else sqlite
     return module.insert(table).on_conflict_do_nothing()
+
+
+async def record_nonces(conn: AsyncConnection, nonces: Sequence[str]) -> bool:
+    """Record a request's nonces (hashed); True when every one of them is new."""
+    unique = list(dict.fromkeys(nonces))
+    result = await conn.execute(
+        insert_ignore(conn, callback_nonces).returning(callback_nonces.c.nonce),
+        [{"nonce": n, "seen_at": now_ms()} for n in unique],
+    )
+    return len({row.nonce for row in result}) == len(unique)
+
+
+# Plivo's error 200: the destination sent STOP, Plivo blocks it. The number joins the list.
+ERROR_OPTED_OUT = "200"
+OPTOUT_SOURCE_ERROR_200 = "plivo_error_200"
+
+
+async def _list_blocked(conn: AsyncConnection, ops: Sequence[Any]) -> None:
+    """Put the destination of every fresh error-200 event on the opt-out list: the
+    message's own `to` when it is known, else the number the report names."""
+    blocked = [op for op in ops if op.error_code == ERROR_OPTED_OUT]
+    if not blocked:
+        return
+    query = select(messages.c.message_uuid, messages.c.to_number).where(
+        messages.c.message_uuid.in_({op.message_uuid for op in blocked})
+    )
+    known = {uuid: to for uuid, to in (await conn.execute(query)).all()}
+    for op in blocked:
+        number = known.get(op.message_uuid) or op.to_number
+        if number:
+            op.listed = await optouts.change(
+                conn,
+                number=number,
+                action="optout",
+                source=OPTOUT_SOURCE_ERROR_200,
+                at=op.received_at,
+                reference=op.message_uuid,
+            )
 
 
 # Status changes ------------------------------------------------------------------------------
@@ -213,6 +258,8 @@ class IngestEvent(BatchedOp):
     plivo_time: str | None = None
     nonces: tuple[str, ...] = ()
     received_at: int = field(default_factory=now_ms)
+    to_number: str | None = None  # the report's `To` (E.164), used when the message is unknown
+    listed: bool = False  # set when this event put its number on the opt-out list
 
     @classmethod
     async def run_many(cls, conn: AsyncConnection, ops: Sequence[Any]) -> list[Any]:
@@ -246,6 +293,7 @@ class IngestEvent(BatchedOp):
                 ],
             )
             await _apply_events(conn, fresh)
+            await _list_blocked(conn, fresh)
         fresh_ids = {id(op) for op in fresh}
         return [id(op) in fresh_ids for op in ops]
 
@@ -394,6 +442,7 @@ async def purge(conn: AsyncConnection, *, retention_ms: int, day_ms: int = 86_40
         delete(messages).where(messages.c.created_at < now - retention_ms),
         delete(events).where(events.c.received_at < now - retention_ms),
         delete(callback_nonces).where(callback_nonces.c.seen_at < now - retention_ms),
+        delete(inbound_messages).where(inbound_messages.c.received_at < now - retention_ms),
         delete(idempotency_keys).where(idempotency_keys.c.created_at < now - day_ms),
     ):
         deleted += (await conn.execute(statement)).rowcount or 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Index,
     Integer,
@@ -89,3 +90,46 @@ idempotency_keys = Table(
     Column("lease_until", BigInteger, nullable=False),
 )
 Index("ix_idempotency_created", idempotency_keys.c.created_at)
+
+# Messages people sent to the sender number (Plivo's message_url). The text is kept only
+# with STORE_MESSAGE_TEXT; purged with the messages (RETENTION_DAYS).
+inbound_messages = Table(
+    "inbound_messages",
+    metadata,
+    Column("message_uuid", String(64), primary_key=True),  # Plivo's: a redelivery is a no-op
+    Column("from_number", String(16), nullable=False),
+    Column("to_number", String(16), nullable=False),
+    Column("type", String(16)),
+    Column("text", Text),  # only with STORE_MESSAGE_TEXT
+    Column("media_urls", Text),  # JSON list, or NULL for none
+    Column("intent", String(16)),  # Plivo's MessageIntent: optout | optin | help
+    Column("received_at", BigInteger, nullable=False),
+)
+Index("ix_inbound_received", inbound_messages.c.received_at)
+
+# The deployment's one opt-out list: the current state per number (E.164)...
+optouts = Table(
+    "optouts",
+    metadata,
+    Column("number", String(16), primary_key=True),
+    Column("opted_out", Boolean, nullable=False),
+    Column("since", BigInteger, nullable=False),  # when the current state began
+    # inbound | plivo_error_200 | api:<key> | cli:<user>
+    Column("source", String(80), nullable=False),
+)
+Index("ix_optouts_since", optouts.c.since, optouts.c.number)
+
+# ...and every change to it, kept (never purged: it is the proof of consent or its end).
+optout_history = Table(
+    "optout_history",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("number", String(16), nullable=False),
+    Column("action", String(8), nullable=False),  # optout | optin
+    Column("source", String(80), nullable=False),
+    Column("at", BigInteger, nullable=False),
+    Column("reference", String(255)),  # the inbound message's uuid, Plivo's uuid, or a key name
+)
+Index("ix_optout_history_number", optout_history.c.number, optout_history.c.at)
