@@ -27,6 +27,9 @@ def canonical_problem(number: str) -> str | None:
         parsed = phonenumbers.parse(number, None)
     except phonenumbers.NumberParseException:
         return "must be an E.164 number such as +14155550100"
+    # libphonenumber forgives some spellings (`+112015550177`: the national prefix 1 is
+    # dropped); accepting them would make one recipient several limit buckets and opt-out
+    # entries, and send Plivo a form it may read differently.
     canonical = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
     if canonical != number:
         return f"must be in canonical E.164 form ({canonical})"

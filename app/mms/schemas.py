@@ -17,7 +17,7 @@ from pydantic import (
     TypeAdapter,
 )
 
-from app.phone import E164
+from app.phone import canonical_problem
 from app.status import MessageStatus
 
 MMS_REGIONS = frozenset({"US", "CA"})
@@ -33,21 +33,12 @@ _PRINTABLE_ASCII = re.compile(r"[ -~]{1,255}")
 
 @lru_cache(maxsize=8192)
 def _number_problem(number: str) -> str | None:
-    if not E164.fullmatch(number):
-        return "must be an E.164 number such as +14155550100"
-    try:
-        parsed = phonenumbers.parse(number, None)
-    except phonenumbers.NumberParseException:
-        return "must be an E.164 number such as +14155550100"
-    # libphonenumber forgives some spellings (`+112015550177`: the national prefix 1 is
-    # dropped). Accepting them would make one recipient several limit buckets and send
-    # Plivo a form it may read differently: only the canonical spelling is accepted.
-    canonical = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-    if canonical != number:
-        return f"must be in canonical E.164 form ({canonical})"
-    if not phonenumbers.is_valid_number(parsed):
-        return "is not a valid phone number"
-    if phonenumbers.region_code_for_number(parsed) not in MMS_REGIONS:
+    # Only the canonical spelling is accepted (app/phone.py: one number, one limit bucket,
+    # one opt-out entry), and only where Plivo sends MMS.
+    problem = canonical_problem(number)
+    if problem is not None:
+        return problem
+    if phonenumbers.region_code_for_number(phonenumbers.parse(number, None)) not in MMS_REGIONS:
         return "must be a US or Canadian number (Plivo sends MMS only there)"
     return None
 
