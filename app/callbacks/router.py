@@ -36,6 +36,14 @@ class CallbackForm(BaseModel):
     From: str | None = None
 
 
+# What a route that reads a signed Plivo form can answer besides its 200.
+SIGNED_FORM_ERRORS = (
+    errors.InvalidSignature,
+    errors.ValidationFailed,
+    errors.PayloadTooLarge,
+    errors.ServiceUnavailable,
+    errors.InternalError,
+)
 # The signature headers the route reads itself (documentation, as for the form).
 SIGNATURE_HEADERS = {
     "parameters": [
@@ -73,13 +81,7 @@ def signed_url(request: Request, public_base_url: str, path: str = CALLBACK_PATH
     "/status",
     response_model=CallbackAck,
     summary="Plivo delivery callback (signed)",
-    responses=errors.problem_responses(
-        errors.InvalidSignature,
-        errors.ValidationFailed,
-        errors.PayloadTooLarge,
-        errors.ServiceUnavailable,
-        errors.InternalError,
-    ),
+    responses=errors.problem_responses(*SIGNED_FORM_ERRORS),
     openapi_extra={
         **body_read_by_hand(CallbackForm, "application/x-www-form-urlencoded"),
         **SIGNATURE_HEADERS,

@@ -10,7 +10,7 @@ from starlette.responses import Response
 from app import errors
 from app.callbacks import signature
 from app.callbacks.form import FormError, parse_form
-from app.callbacks.router import SIGNATURE_HEADERS, signed_url
+from app.callbacks.router import SIGNATURE_HEADERS, SIGNED_FORM_ERRORS, signed_url
 from app.deps import ServicesDep
 from app.inbound import service
 from app.inbound.service import InboundForm
@@ -36,13 +36,7 @@ async def _read_unsigned(request: Request) -> dict[str, str]:
     summary="Plivo inbound message (signed): stored, STOP/START applied",
     responses={
         200: {"description": "Stored (or a replay: nothing changed); empty body"},
-        **errors.problem_responses(
-            errors.InvalidSignature,
-            errors.ValidationFailed,
-            errors.PayloadTooLarge,
-            errors.ServiceUnavailable,
-            errors.InternalError,
-        ),
+        **errors.problem_responses(*SIGNED_FORM_ERRORS),
     },
     openapi_extra={
         **body_read_by_hand(InboundForm, "application/x-www-form-urlencoded"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -34,7 +33,13 @@ from app.status import MessageStatus
 from app.store import optouts
 from app.store.db import Database, RecordPending, StoreUnavailable
 from app.store.idempotency import ReleaseKey, TakeKey, fingerprint, lease_ms, stored_replay
-from app.store.repository import ERROR_MESSAGES, RecordMessage, idempotency_completion, now_ms
+from app.store.repository import (
+    ERROR_MESSAGES,
+    RecordMessage,
+    idempotency_completion,
+    iso_utc,
+    now_ms,
+)
 
 log = get_logger("app.mms")
 
@@ -278,10 +283,6 @@ async def _record(
         log.error("record_failed", message_id=row["id"], message_uuid=row["message_uuid"])
 
 
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
-
-
 def message_out(row: dict[str, Any]) -> MessageOut:
     events = row.get("events")
     return MessageOut(
@@ -293,12 +294,12 @@ def message_out(row: dict[str, Any]) -> MessageOut:
         errorMessage=ERROR_MESSAGES.get(row["error_code"] or "") if row["error_code"] else None,
         mediaCount=row["media_count"],
         idempotencyKey=row["idempotency_key"],
-        createdAt=_iso(row["created_at"]),
-        updatedAt=_iso(row["updated_at"]),
+        createdAt=iso_utc(row["created_at"]),
+        updatedAt=iso_utc(row["updated_at"]),
         events=None
         if events is None
         else [
-            EventOut(status=e["status"], errorCode=e["error_code"], at=_iso(e["received_at"]))
+            EventOut(status=e["status"], errorCode=e["error_code"], at=iso_utc(e["received_at"]))
             for e in events
         ],
     )

@@ -19,7 +19,7 @@ from app.openapi import body_read_by_hand
 from app.phone import canonical_problem
 from app.store import optouts
 from app.store.db import FunctionOp
-from app.store.repository import now_ms
+from app.store.repository import iso_utc, now_ms
 
 router = APIRouter(prefix="/api/optouts", tags=["optouts"])
 log = get_logger("app.optouts")
@@ -65,21 +65,17 @@ class OptoutPage(BaseModel):
     nextCursor: str | None = Field(None, description="Pass as `cursor` for the next page")
 
 
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
-
-
 def entry_out(row: dict[str, Any]) -> OptoutOut:
     history = row.get("history")
     return OptoutOut(
         number=row["number"],
         optedOut=row["opted_out"],
-        since=_iso(row["since"]),
+        since=iso_utc(row["since"]),
         source=row["source"],
         history=None
         if history is None
         else [
-            HistoryOut(action=h["action"], source=h["source"], at=_iso(h["at"])) for h in history
+            HistoryOut(action=h["action"], source=h["source"], at=iso_utc(h["at"])) for h in history
         ],
     )
 

@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -68,6 +69,11 @@ ERROR_MESSAGES = {
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def iso_utc(ms: int) -> str:
+    """A stored millisecond time as the API shows it: `2026-12-01T21:37:48.144Z`."""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def insert_ignore(conn: AsyncConnection, table: Any) -> Any:
