@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match, Route
 
 from app.status import MessageStatus
 
@@ -352,7 +353,20 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
         # unexpected exception by the one 500 path (app/middleware.py).
         raise exc
     error.headers.update(exc.headers or {})
+    if exc.status_code == 405:
+        error.headers["Allow"] = _allowed_methods(request)
     return problem_response(error, request_id_of(request))
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method served at the path template that matched (as Starlette chose it), with
+    one route per method. Starlette's own `Allow` names only the first route's methods."""
+    routes = [r for r in request.app.router.routes if isinstance(r, Route) and r.methods]
+    matched = next((r for r in routes if r.matches(request.scope)[0] is not Match.NONE), None)
+    if matched is None:
+        return ""
+    methods = set().union(*(r.methods or () for r in routes if r.path == matched.path))
+    return ", ".join(sorted(methods))
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -45,8 +45,11 @@ def test_live_schema_holds(server_factory, fake_plivo):
             "positive_data_acceptance",
             "--max-examples",
             str(EXAMPLES_PER_OPERATION),
+            # One worker: with two threads, hypothesis' source inspection in CPython 3.11 hit
+            # "AST constructor recursion depth mismatch" (a runtime error of the tool, not of
+            # the service) in one run of several.
             "--workers",
-            "2",
+            "1",
             "--report",
             "junit",
             "--report-junit-path",

@@ -149,3 +149,17 @@ async def test_routing_errors_are_problems(client, method, path, status, code):
     assert response.status_code == status
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["code"] == code
+
+
+@pytest.mark.parametrize(
+    ("path", "allow"),
+    [
+        ("/api/optouts", "GET, POST"),  # one route per method at this path
+        ("/api/mms/send", "POST"),
+        ("/api/mms/status", "POST"),
+    ],
+)
+async def test_405_allow_names_every_method_of_the_path(client, path, allow):
+    response = await client.request("PATCH", path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow
