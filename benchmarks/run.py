@@ -687,13 +687,17 @@ def run_scenarios(
 ) -> None:
     if "overhead" in chosen:
         print("== 1. overhead: upstream 0 ms, 50 connections", flush=True)
+        heads = media.stats()["head"]
         results["overhead"] = compare(peer, workdir, media, 0, 50, args.rounds, args.duration)
+        results["overhead"]["media_server_heads"] = _media_checks(media, heads)
     if "preflight-cold" in chosen:
         print("== 1, cold media cache: every send a new media URL (our service)", flush=True)
         results["preflight_cold"] = preflight_cold(peer, workdir, media, args.rounds, args.duration)
     if "concurrency" in chosen:
         print("== 2. concurrency: upstream 100 ms, 200 connections", flush=True)
+        heads = media.stats()["head"]
         results["concurrency"] = compare(peer, workdir, media, 100, 200, args.rounds, args.duration)
+        results["concurrency"]["media_server_heads"] = _media_checks(media, heads)
     if "callbacks" in chosen:
         print("== 3. callback ingest", flush=True)
         results["callbacks"] = [
@@ -709,6 +713,20 @@ def run_scenarios(
             results["features"] = features(f"http://127.0.0.1:{FAKE_PORT}/v1", media)
         finally:
             stop(fake)
+
+
+def _media_checks(media: MediaServer, before: int) -> int:
+    """The media checks a side-by-side scenario made: our service's first send, then one
+    per 5 minutes (the cache's lifetime of a good result)."""
+    heads = media.stats()["head"] - before
+    print(
+        f"    media server: {heads} HEAD request(s) (our service checks the picture at its "
+        "first send and then every 5 minutes; the others are cache hits)",
+        flush=True,
+    )
+    if heads == 0:
+        print("    WARNING: no media check reached the media server: is preflight on?")
+    return heads
 
 
 def write_report(results: dict[str, Any]) -> None:
