@@ -1,6 +1,7 @@
 """Per-feature cost in instructions per send, counted by valgrind (callgrind).
 
     python benchmarks/feature_cost.py [--fake-url http://127.0.0.1:8765/v1]
+                                      [--media-url http://127.0.0.1:PORT/a.png]
 
 Timing one feature is hopeless on a shared, throttled VM (identical runs differ by 30 %);
 instruction counts vary far less, though not to zero (under valgrind's slowdown the
@@ -11,7 +12,9 @@ LONG requests, one after the other, through the app's ASGI callable (no HTTP ser
 a fake Plivo, and the difference divided by LONG - SHORT is its instructions per send —
 startup cancels out. Each row switches one feature off (the same switches as variant.py).
 Sequential sends commit one record per transaction, so `record` here is the dearest
-case; under load group commit shares the commit (see record_cost.py).
+case; under load group commit shares the commit (see record_cost.py). Every send names one
+picture on the local media server (media_server.py; started here without --media-url),
+allowed with MEDIA_ALLOW_HOSTS: preflight checks it once, then every send is a cache hit.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 HERE = Path(__file__).resolve().parent
 SHORT, LONG = 20, 80
@@ -38,15 +42,23 @@ VARIANTS = [
     ("request log line off", {"log_level": "warning"}, ""),
     ("metrics off", {}, "metrics"),
     ("record off", {}, "record"),
+    ("media preflight off", {"media_preflight": False}, ""),
     (
         "everything above off",
-        {"api_keys": "", "daily_quota_per_key": 0, "log_level": "warning"},
+        {
+            "api_keys": "",
+            "daily_quota_per_key": 0,
+            "log_level": "warning",
+            "media_preflight": False,
+        },
         "ip_limit,destination_limit,metrics,record",
     ),
 ]
 
 
-def drive(count: int, settings_json: str, off: str, database: str, fake_url: str) -> None:
+def drive(
+    count: int, settings_json: str, off: str, database: str, fake_url: str, media_url: str
+) -> None:
     """Inside valgrind: build the app with the variant applied, then send `count` times."""
     sys.path.insert(0, str(HERE.parent))
     sys.path.insert(0, str(HERE))
@@ -71,15 +83,17 @@ def drive(count: int, settings_json: str, off: str, database: str, fake_url: str
         "rate_limit": "100/minute",
         "rate_limit_per_destination": "100000/hour",
         "daily_quota_per_key": 1_000_000_000,
-        "media_preflight": False,  # its media URLs are served by no one
+        "send_rate": "10000/second",  # the pacer on, at a rate that never binds
+        # On, as in production, with the local media host allowed the documented way.
+        "media_preflight": True,
+        "media_allow_hosts": urlsplit(media_url).netloc,
     }
     values.update(json.loads(settings_json))
     app = create_app(Settings(_env_file=None, **values))
 
     async def one(app_: Any, i: int) -> int:
         body = (
-            f'{{"to": "+1415555{100 + i:04d}", "media_urls": '
-            '["https://example.com/a.png"], "text": "hello"}'
+            f'{{"to": "+1415555{100 + i:04d}", "media_urls": ["{media_url}"], "text": "hello"}}'
         ).encode()
         headers = [
             (b"content-type", b"application/json"),
@@ -126,7 +140,7 @@ def drive(count: int, settings_json: str, off: str, database: str, fake_url: str
     asyncio.run(run())
 
 
-def instructions(count: int, settings: dict, off: str, fake_url: str) -> int:
+def instructions(count: int, settings: dict, off: str, fake_url: str, media_url: str) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         database = f"sqlite+aiosqlite:///{tmp}/cost.db"
@@ -143,6 +157,7 @@ def instructions(count: int, settings: dict, off: str, fake_url: str) -> int:
                 off,
                 database,
                 fake_url,
+                media_url,
             ],
             check=True,
             capture_output=True,
@@ -154,10 +169,10 @@ def instructions(count: int, settings: dict, off: str, fake_url: str) -> int:
     raise RuntimeError("no callgrind summary")
 
 
-def measure(fake_url: str) -> list[dict]:
+def measure(fake_url: str, media_url: str) -> list[dict]:
     jobs = [(label, n, settings, off) for label, settings, off in VARIANTS for n in (SHORT, LONG)]
     with concurrent.futures.ThreadPoolExecutor(2) as pool:  # one valgrind per core
-        counts = list(pool.map(lambda j: instructions(j[1], j[2], j[3], fake_url), jobs))
+        counts = list(pool.map(lambda j: instructions(j[1], j[2], j[3], fake_url, media_url), jobs))
     rows = []
     for i, (label, _, _) in enumerate(VARIANTS):
         per_send = (counts[2 * i + 1] - counts[2 * i]) / (LONG - SHORT)
@@ -170,12 +185,20 @@ def measure(fake_url: str) -> list[dict]:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--drive":
-        drive(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6])
+        drive(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], *sys.argv[6:8])
         sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fake-url", default="http://127.0.0.1:8765/v1")
+    parser.add_argument("--media-url", help="default: a media server started here")
     args = parser.parse_args()
-    for row in measure(args.fake_url):
+    if args.media_url:
+        rows = measure(args.fake_url, args.media_url)
+    else:
+        import media_server
+
+        with media_server.serving() as media:
+            rows = measure(args.fake_url, media.url)
+    for row in rows:
         print(
             f"{row['variant']:28s} {row['instructions_per_send']:>12,} instructions/send "
             f"(saves {row['saves_share']:.1%})"

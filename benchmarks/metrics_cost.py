@@ -4,11 +4,13 @@
 
 1. Hooks: the metric updates one successful send makes (request counter and histogram,
    send counter, one Plivo attempt's counter and histogram, the in-flight gauge twice,
-   one group commit's two histograms), timed in a loop — in one process (in-memory values)
+   one group commit's two histograms, media preflight's cache lookup, result and
+   duration), timed in a loop — in one process (in-memory values)
    and in multiprocess mode (PROMETHEUS_MULTIPROC_DIR: values in mmap'ed files).
 2. Whole sends: process CPU per send of the real app in process (httpx's ASGI transport,
-   SQLite store, a Plivo client that answers at once), with the metrics as built and with
-   every hook replaced by a no-op, in interleaved rounds. The difference is small next to
+   SQLite store, a Plivo client that answers at once, media preflight on against a local
+   media server: a cache hit per send), with the metrics as built and with every hook
+   replaced by a no-op, in interleaved rounds. The difference is small next to
    a send's cost, so read it with its noise (the spread between rounds).
 """
 
@@ -24,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -36,8 +39,16 @@ def hooks_cost(iterations: int) -> float:
     scope: dict[str, Any] = {"method": "POST", "path": "/api/mms/send", "state": {}}
     observe, attempt = metrics.observe_request, metrics.plivo_attempt
     in_flight, batch = metrics.set_plivo_in_flight, metrics.store_batch
+    lookup, verdict, took = (
+        metrics.preflight_cache_lookup,
+        metrics.preflight_result,
+        metrics.preflight_took,
+    )
     started = time.process_time()
     for _ in range(iterations):
+        lookup(True)  # media preflight: one picture, cached
+        took(0.00002)
+        verdict("ok")
         in_flight(1)
         attempt("accepted", 0.0012)
         in_flight(0)
@@ -62,7 +73,7 @@ def _hooks_in_subprocess(iterations: int, multiproc: bool) -> float:
     return float(result.stdout.strip())
 
 
-async def _sends_cpu(sends: int, with_metrics: bool) -> float:
+async def _sends_cpu(sends: int, with_metrics: bool, media_url: str) -> float:
     """Process CPU microseconds per send through the whole app."""
     import httpx
     from asgi_lifespan import LifespanManager
@@ -96,6 +107,9 @@ async def _sends_cpu(sends: int, with_metrics: bool) -> float:
             "store_batch",
             "circuit_changed",
             "set_reconcile_backlog",
+            "preflight_result",
+            "preflight_cache_lookup",
+            "preflight_took",
         ):
             setattr(Metrics, name, lambda self, *args: None)
     main._plivo_client = lambda settings: Instant()  # type: ignore[assignment]
@@ -110,10 +124,12 @@ async def _sends_cpu(sends: int, with_metrics: bool) -> float:
                 log_level="warning",
                 rate_limit="1000000/minute",
                 rate_limit_per_destination="1000000/hour",
-                media_preflight=False,  # its media URLs are served by no one
+                send_rate="10000/second",  # the pacer on, at a rate that never binds
+                media_preflight=True,  # on, the local media host allowed the documented way
+                media_allow_hosts=urlsplit(media_url).netloc,
             )
             app = main.create_app(settings)
-            body = {"to": "+14155550100", "media_urls": ["https://e.com/a.png"], "text": "hi"}
+            body = {"to": "+14155550100", "media_urls": [media_url], "text": "hi"}
             async with (
                 LifespanManager(app) as manager,
                 httpx.AsyncClient(
@@ -149,9 +165,15 @@ def main() -> None:
     many = _hooks_in_subprocess(args.iterations, multiproc=True)
     print(f"metric updates per send: {one:.1f} µs (one process), {many:.1f} µs (multiprocess)")
     results: dict[bool, list[float]] = {True: [], False: []}
-    for _ in range(args.rounds):
-        for with_metrics in (False, True):
-            results[with_metrics].append(asyncio.run(_sends_cpu(args.sends, with_metrics)))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import media_server
+
+    with media_server.serving() as media:
+        for _ in range(args.rounds):
+            for with_metrics in (False, True):
+                results[with_metrics].append(
+                    asyncio.run(_sends_cpu(args.sends, with_metrics, media.url))
+                )
     for with_metrics in (False, True):
         values = results[with_metrics]
         print(

@@ -3,8 +3,10 @@
     python benchmarks/profile.py [--duration 20] [--latency-ms 0] [--connections 50]
     make profile     (scenario 1; scenario 2 is --latency-ms 100 --connections 200)
 
-The service runs with every feature on (run.py's SERVICE_ENV) on CPU 0; the peer's fake
-Plivo and its load.sh (wrk; 10,000 client addresses, 1,000 destinations) on CPU 1.
+The service runs with every feature on (run.py's SERVICE_ENV, media preflight against the
+local media server, one picture: a cache hit per send) on CPU 0; the peer's fake Plivo,
+the media server and its load.sh (wrk; 10,000 client addresses, 1,000 destinations) on
+CPU 1.
 py-spy records on-CPU samples of every thread without pausing the process; the collapsed
 stacks are then summed two ways and written to
 benchmarks/results/profile.md (profile-100ms.md for scenario 2):
@@ -28,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import media_server
 import run  # the benchmark's helpers: the peer, the fake Plivo, the service
 
 # Layers a send crosses. A sample belongs to the innermost layer on its stack: walking from
@@ -49,6 +52,7 @@ LAYERS = [
     ),
     ("send service (app/mms/)", ("app/mms/",)),
     ("sender, breaker (app/plivo/)", ("app/plivo/",)),
+    ("media preflight (app/media.py)", ("app/media.py",)),
     ("Plivo client I/O (aiohttp, yarl, multidict)", ("aiohttp/", "yarl/", "multidict/")),
     (
         "record, idempotency (app/store/, sqlalchemy, aiosqlite, sqlite3)",
@@ -63,9 +67,22 @@ OTHER = "event loop and the rest (asyncio, stdlib)"
 
 def record(duration: int, latency: int, connections: int, workdir: Path) -> Path:
     peer = run.prepare_peer(workdir)
+    with media_server.serving() as media:
+        return _record(peer, media, duration, latency, connections, workdir)
+
+
+def _record(
+    peer: Path,
+    media: media_server.MediaServer,
+    duration: int,
+    latency: int,
+    connections: int,
+    workdir: Path,
+) -> Path:
     fake = run._fake(peer, latency)
     env = {
         **run.SERVICE_ENV,
+        **media.env,
         "DATABASE_URL": run.fresh_sqlite(workdir, "profile"),
         "PLIVO_AUTH_ID": run.AUTH_ID,
         "PLIVO_AUTH_TOKEN": run.AUTH_TOKEN,
@@ -82,6 +99,7 @@ def record(duration: int, latency: int, connections: int, workdir: Path) -> Path
             "LOAD_AUTHORIZATION": f"Bearer {run.API_KEY}",
             "LOAD_CPUS": "1",
             "LOAD_SPREAD": "1",  # 10,000 clients (X-Forwarded-For), 1,000 destinations
+            "LOAD_MEDIA_URL": media.url,
         }
         url = f"http://127.0.0.1:{run.PORT}/api/mms/send"
         load = [str(peer / "load.sh"), url, str(connections)]

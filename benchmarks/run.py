@@ -1,17 +1,23 @@
 """`make bench`: every performance scenario, side by side with the Node.js/Fastify peer.
 
-    python benchmarks/run.py [--scenarios overhead,concurrency,callbacks,coldstart,features]
+    python benchmarks/run.py [--scenarios overhead,preflight-cold,concurrency,callbacks,
+                                          coldstart,features]
                              [--rounds 3] [--duration 10]
 
-1. overhead     upstream 0 ms, 50 connections (peer's compare.sh, interleaved rounds)
-2. concurrency  upstream 100 ms, 200 connections (ceiling: 100 in flight / 0.1 s)
-3. callbacks    unique, validly signed callbacks into SQLite and PostgreSQL (no peer feature)
-4. coldstart    seconds from exec to the first 200 on /health (RSS comes from scenario 2)
-5. features     instructions per send with each feature switched off (callgrind)
+1. overhead        upstream 0 ms, 50 connections (peer's compare.sh, interleaved rounds)
+   preflight-cold  scenario 1's load on our service alone, every send a new media URL (a
+                   media preflight cache miss each) against runs with one cached URL
+2. concurrency     upstream 100 ms, 200 connections (ceiling: 100 in flight / 0.1 s)
+3. callbacks       unique, validly signed callbacks into SQLite and PostgreSQL (no peer feature)
+4. coldstart       seconds from exec to the first 200 on /health (RSS comes from scenario 2)
+5. features        instructions per send with each feature switched off (callgrind)
 
 Both services get one core (taskset), realistic limits (RATE_LIMIT=100/minute, load spread
 over 10,000 client addresses and 1,000 destinations), PLIVO_MAX_CONCURRENCY=100, every
-feature on (API key, both limits, daily quota, logging, metrics, the record).
+feature on (API key, both limits, daily quota, logging, metrics, the record, media
+preflight). The sends' media URL is a picture on a local media server (media_server.py),
+which the service may reach through MEDIA_ALLOW_HOSTS, the setting for an internal media
+host; both services get the same body (the peer checks no media).
 Results: benchmarks/results/latest.{md,json,png}.
 """
 
@@ -30,6 +36,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import media_server
+from media_server import MediaServer
+
 ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "benchmarks"
 RESULTS = HERE / "results"
@@ -41,18 +50,21 @@ API_KEY = "bench-0123456789abcdef"
 PUBLIC = "https://mms.example.com"
 sys.path.insert(0, str(ROOT))
 
-# Every feature on, as in production (the load carries the API key).
+# Every feature on, as in production (the load carries the API key). Media preflight is on
+# as well: the local media server's `env` (MEDIA_PREFLIGHT, MEDIA_ALLOW_HOSTS) is added where
+# the service starts, once the server has its port.
 SERVICE_ENV = {
     "API_KEYS": f"bench:{API_KEY}",
     "RATE_LIMIT": "100/minute",
     "RATE_LIMIT_PER_DESTINATION": "100000/hour",
     "DAILY_QUOTA_PER_KEY": "1000000000",
     "PLIVO_MAX_CONCURRENCY": "100",
+    # The pacer runs on every send, at a throughput above what one core can send (an
+    # account whose MMS throughput Plivo raised): it never makes a send wait.
+    "SEND_RATE": "10000/second",
     "LOG_FORMAT": "json",
     "LOG_LEVEL": "info",
     "PUBLIC_BASE_URL": PUBLIC,
-    # The benchmark's media URLs are served by no one: checking them would refuse every send.
-    "MEDIA_PREFLIGHT": "false",
 }
 
 
@@ -131,9 +143,19 @@ def fresh_sqlite(workdir: Path, name: str) -> str:
 
 # 1 + 2: side by side with the peer ---------------------------------------------------------
 def compare(
-    peer: Path, workdir: Path, latency: int, connections: int, rounds: int, duration: int
+    peer: Path,
+    workdir: Path,
+    media: MediaServer,
+    latency: int,
+    connections: int,
+    rounds: int,
+    duration: int,
 ) -> dict[str, Any]:
-    env = {**SERVICE_ENV, "DATABASE_URL": fresh_sqlite(workdir, f"compare{latency}")}
+    env = {
+        **SERVICE_ENV,
+        **media.env,
+        "DATABASE_URL": fresh_sqlite(workdir, f"compare{latency}"),
+    }
     env_args = " ".join(f"{k}={v}" for k, v in env.items())
     command = [
         str(peer / "compare.sh"),
@@ -156,6 +178,7 @@ def compare(
     run_env = {
         **os.environ,
         "LOAD_AUTHORIZATION": f"Bearer {API_KEY}",
+        "LOAD_MEDIA_URL": media.url,  # one picture: checked once, then a cache hit
         "B_RATE_LIMIT": SERVICE_ENV["RATE_LIMIT"],
         "B_RATE_LIMIT_PER_DESTINATION": SERVICE_ENV["RATE_LIMIT_PER_DESTINATION"],
     }
@@ -171,6 +194,128 @@ def compare(
     if proc.returncode != 0 or not summary:
         raise SystemExit(f"compare.sh failed (exit {proc.returncode})")
     return summary
+
+
+# 1, cold media cache: every send a new media URL --------------------------------------------
+def preflight_cold(
+    peer: Path, workdir: Path, media: MediaServer, rounds: int, duration: int
+) -> dict[str, Any]:
+    """Scenario 1's load on our service alone, in rounds of a warm run (every send names one
+    picture: a preflight cache hit) and a cold run (every send names a new URL, `/m/<n>.png`:
+    a miss and a HEAD to the media server each), both on one process, interleaved."""
+    fake = _fake(peer)
+    env = {
+        **SERVICE_ENV,
+        **media.env,
+        "DATABASE_URL": fresh_sqlite(workdir, "preflight-cold"),
+        "PLIVO_AUTH_ID": AUTH_ID,
+        "PLIVO_AUTH_TOKEN": AUTH_TOKEN,
+        "PLIVO_SENDER_NUMBER": "+14155550000",
+        "PLIVO_API_URL": f"http://127.0.0.1:{FAKE_PORT}/v1",
+    }
+    proc = start_service(env, workdir / "preflight-cold.log")
+    runs: dict[str, list[dict[str, Any]]] = {"warm": [], "cold": []}
+    try:
+        wait_http(f"http://127.0.0.1:{PORT}/health")
+        _load(peer, media.url, 5)  # warm-up, as compare.sh's
+        for r in range(1, rounds + 1):
+            for kind in ("warm", "cold"):
+                # A tag per round: no cold URL is ever named twice within this process.
+                url = media.url if kind == "warm" else f"{media.base}/m/r{r}-{{n}}.png"
+                heads, (hits, misses), cpu, media_cpu = (
+                    media.stats()["head"],
+                    _preflight_cache(),
+                    cpu_seconds(proc.pid),
+                    cpu_seconds(media.pid),
+                )
+                result = _load(peer, url, duration)
+                hits_after, misses_after = _preflight_cache()
+                hits, misses = hits_after - hits, misses_after - misses
+                result |= {
+                    "round": r,
+                    "cache_hits": hits,
+                    "cache_misses": misses,
+                    "media_server_heads": media.stats()["head"] - heads,
+                    # CPU 1 also runs wrk and the fake Plivo: the media server must not be
+                    # what limits the cold runs.
+                    "media_server_cpu_pct": round(
+                        (cpu_seconds(media.pid) - media_cpu) * 100 / result["duration_s"], 1
+                    ),
+                    "svc_cpu_ms_per_req": round(
+                        (cpu_seconds(proc.pid) - cpu) * 1000 / max(1, result["requests"]), 3
+                    ),
+                }
+                runs[kind].append(result)
+                print(
+                    f"    round {r} {kind}: {result['rps']:.0f} req/s, p50 {result['p50_ms']}"
+                    f" ms, p99 {result['p99_ms']} ms, {result['non2xx']} non-2xx, "
+                    f"cache {hits} hits / {misses} misses, "
+                    f"{result['media_server_heads']} HEADs at the media server (its CPU "
+                    f"{result['media_server_cpu_pct']} %)",
+                    flush=True,
+                )
+    finally:
+        stop(proc)
+        stop(fake)
+
+    def med(kind: str, key: str) -> float:
+        return round(statistics.median(r[key] for r in runs[kind]), 3)
+
+    summary: dict[str, Any] = {"connections": 50, "latency_ms": 0, "runs": runs}
+    for kind in ("warm", "cold"):
+        summary[kind] = {
+            key: med(kind, key) for key in ("rps", "p50_ms", "p99_ms", "svc_cpu_ms_per_req")
+        } | {
+            "non2xx_total": sum(r["non2xx"] or 0 for r in runs[kind]),
+            "errors_total": sum(r["errors"] or 0 for r in runs[kind]),
+        }
+    warm, cold = summary["warm"], summary["cold"]
+    summary["added"] = {
+        "p50_ms": round(cold["p50_ms"] - warm["p50_ms"], 3),
+        "p99_ms": round(cold["p99_ms"] - warm["p99_ms"], 3),
+        "rps_ratio": round(cold["rps"] / warm["rps"], 3) if warm["rps"] else None,
+    }
+    return summary
+
+
+def _load(peer: Path, media_url: str, duration: int, connections: int = 50) -> dict[str, Any]:
+    """One run of scenario 1's load (the peer's load.sh on CPU 1) against our service."""
+    out = subprocess.run(
+        [
+            str(peer / "load.sh"),
+            f"http://127.0.0.1:{PORT}/api/mms/send",
+            str(connections),
+            str(duration),
+        ],
+        env={
+            **os.environ,
+            "LOAD_AUTHORIZATION": f"Bearer {API_KEY}",
+            "LOAD_CPUS": "1",
+            "LOAD_SPREAD": "1",  # 10,000 clients (X-Forwarded-For), 1,000 destinations
+            "LOAD_MEDIA_URL": media_url,
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=duration + 60,
+    ).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def _preflight_cache() -> tuple[float, float]:
+    """The service's preflight cache lookups so far: (hits, misses), from /metrics."""
+    import httpx
+
+    found = {"hit": 0.0, "miss": 0.0}
+    text = httpx.get(f"http://127.0.0.1:{PORT}/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith("mms_media_preflight_cache_total{"):
+            labels, _, value = line.rpartition(" ")
+            for result in found:
+                if f'result="{result}"' in labels:
+                    found[result] = float(value)
+    return found["hit"], found["miss"]
 
 
 # 3: callback ingest -----------------------------------------------------------------------
@@ -246,7 +391,7 @@ def _seed_messages(url: str, count: int) -> list[str]:
     return uuids
 
 
-def callbacks(workdir: Path, store: str, duration: int) -> dict[str, Any]:
+def callbacks(workdir: Path, media: MediaServer, store: str, duration: int) -> dict[str, Any]:
     if store == "sqlite":
         url = fresh_sqlite(workdir, "callbacks")
         role = None
@@ -260,6 +405,7 @@ def callbacks(workdir: Path, store: str, duration: int) -> dict[str, Any]:
         _signed_callbacks(requests_file, uuids, 120_000)
         env = {
             **SERVICE_ENV,
+            **media.env,
             "DATABASE_URL": url,
             "PLIVO_AUTH_ID": AUTH_ID,
             "PLIVO_AUTH_TOKEN": AUTH_TOKEN,
@@ -330,9 +476,9 @@ def _wrk_callbacks(requests_file: Path, duration: int, connections: int) -> dict
 
 
 # 4: cold start ----------------------------------------------------------------------------
-def cold_start(workdir: Path, runs: int = 5) -> dict[str, Any]:
+def cold_start(workdir: Path, media: MediaServer, runs: int = 5) -> dict[str, Any]:
     """Exec -> first 200 on /health: a restart (schema already there) and a first start."""
-    env = {**SERVICE_ENV, "LOG_LEVEL": "warning"}
+    env = {**SERVICE_ENV, **media.env, "LOG_LEVEL": "warning"}
     restart_url = fresh_sqlite(workdir, "coldstart")
     times: dict[str, list[float]] = {"restart": [], "first_start": []}
     for i in range(runs + 1):
@@ -351,11 +497,11 @@ def cold_start(workdir: Path, runs: int = 5) -> dict[str, Any]:
 
 
 # 5: per-feature cost -----------------------------------------------------------------------
-def features(fake_url: str) -> list[dict[str, Any]]:
+def features(fake_url: str, media: MediaServer) -> list[dict[str, Any]]:
     """Instructions per send with each feature off (callgrind: repeatable where time is not)."""
     import feature_cost
 
-    rows = feature_cost.measure(fake_url)
+    rows = feature_cost.measure(fake_url, media.url)
     for row in rows:
         print(
             f"    {row['variant']:28s} {row['instructions_per_send']:>12,} instructions/send "
@@ -423,6 +569,22 @@ def report(results: dict[str, Any]) -> str:
                 f" MiB | {b['rss_after_load']['tree_rss_kb'] / 1024:.0f} MiB | "
                 f"{r['rss']}× | ≤ peer |"
             )
+    if results.get("preflight_cold"):
+        pc = results["preflight_cold"]
+        warm, cold, added = pc["warm"], pc["cold"], pc["added"]
+        name = "1. cold media cache (every send a new URL)"
+        lines.append(
+            f"| {name}: p50 | — | {cold['p50_ms']:.1f} ms (warm {warm['p50_ms']:.1f} ms): "
+            f"{added['p50_ms']:+.1f} ms | | reported |"
+        )
+        lines.append(
+            f"| {name}: p99 | — | {cold['p99_ms']:.1f} ms (warm {warm['p99_ms']:.1f} ms): "
+            f"{added['p99_ms']:+.1f} ms | | reported |"
+        )
+        lines.append(
+            f"| {name}: req/s | — | {cold['rps']:.0f} (warm {warm['rps']:.0f}; "
+            f"{cold['non2xx_total']} non-2xx) | {added['rps_ratio']}× warm | |"
+        )
     for c in results.get("callbacks", []):
         lines.append(
             f"| 3. callbacks into {c['store']} | — | {c['rps']:.0f}/s (p99 {c['p99_ms']}"
@@ -485,7 +647,10 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenarios", default="overhead,concurrency,callbacks,coldstart,features")
+    parser.add_argument(
+        "--scenarios",
+        default="overhead,preflight-cold,concurrency,callbacks,coldstart,features",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "mms-bench"))
@@ -505,30 +670,63 @@ def main() -> None:
         "rounds": args.rounds,
         "duration": args.duration,
     }
+    with media_server.serving() as media:
+        run_scenarios(chosen, args, peer, workdir, media, results)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
+    write_report(results)
+
+
+def run_scenarios(
+    chosen: list[str],
+    args: argparse.Namespace,
+    peer: Path,
+    workdir: Path,
+    media: MediaServer,
+    results: dict[str, Any],
+) -> None:
     if "overhead" in chosen:
         print("== 1. overhead: upstream 0 ms, 50 connections", flush=True)
-        results["overhead"] = compare(peer, workdir, 0, 50, args.rounds, args.duration)
+        heads = media.stats()["head"]
+        results["overhead"] = compare(peer, workdir, media, 0, 50, args.rounds, args.duration)
+        results["overhead"]["media_server_heads"] = _media_checks(media, heads)
+    if "preflight-cold" in chosen:
+        print("== 1, cold media cache: every send a new media URL (our service)", flush=True)
+        results["preflight_cold"] = preflight_cold(peer, workdir, media, args.rounds, args.duration)
     if "concurrency" in chosen:
         print("== 2. concurrency: upstream 100 ms, 200 connections", flush=True)
-        results["concurrency"] = compare(peer, workdir, 100, 200, args.rounds, args.duration)
+        heads = media.stats()["head"]
+        results["concurrency"] = compare(peer, workdir, media, 100, 200, args.rounds, args.duration)
+        results["concurrency"]["media_server_heads"] = _media_checks(media, heads)
     if "callbacks" in chosen:
         print("== 3. callback ingest", flush=True)
         results["callbacks"] = [
-            callbacks(workdir, s, args.duration) for s in ("sqlite", "postgres")
+            callbacks(workdir, media, s, args.duration) for s in ("sqlite", "postgres")
         ]
     if "coldstart" in chosen:
         print("== 4. cold start", flush=True)
-        results["coldstart"] = cold_start(workdir)
+        results["coldstart"] = cold_start(workdir, media)
     if "features" in chosen:
         print("== 5. per-feature cost (callgrind, ~11 min)", flush=True)
         fake = _fake(peer)
         try:
-            results["features"] = features(f"http://127.0.0.1:{FAKE_PORT}/v1")
+            results["features"] = features(f"http://127.0.0.1:{FAKE_PORT}/v1", media)
         finally:
             stop(fake)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
-    write_report(results)
+
+
+def _media_checks(media: MediaServer, before: int) -> int:
+    """The media checks a side-by-side scenario made: our service's first send, then one
+    per 5 minutes (the cache's lifetime of a good result)."""
+    heads = media.stats()["head"] - before
+    print(
+        f"    media server: {heads} HEAD request(s) (our service checks the picture at its "
+        "first send and then every 5 minutes; the others are cache hits)",
+        flush=True,
+    )
+    if heads == 0:
+        print("    WARNING: no media check reached the media server: is preflight on?")
+    return heads
 
 
 def write_report(results: dict[str, Any]) -> None:

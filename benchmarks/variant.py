@@ -2,9 +2,10 @@
 
     BENCH_FEATURES_OFF=ip_limit,destination_limit,record python benchmarks/variant.py
 
-Features that have a configuration switch are turned off by configuration in run.py
-(auth: no API_KEYS; quota: DAILY_QUOTA_PER_KEY=0; logging: LOG_LEVEL=warning); the others
-have none in production on purpose, so this launcher replaces them with no-ops here.
+Features that have a configuration switch are turned off by configuration in feature_cost.py
+(auth: no API_KEYS; quota: DAILY_QUOTA_PER_KEY=0; logging: LOG_LEVEL=warning; media
+preflight: MEDIA_PREFLIGHT=false); the others have none in production on purpose, so this
+launcher replaces them with no-ops here.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def switch_off(off: set[str]) -> None:
             "rate_limit_rejected",
             "callback",
             "store_batch",
+            "preflight_result",
+            "preflight_cache_lookup",
+            "preflight_took",
         ):
             setattr(Metrics, hook, nothing)
 

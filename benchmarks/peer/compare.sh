@@ -19,7 +19,8 @@
 #   (B; override with B_RATE_LIMIT / B_RATE_LIMIT_PER_DESTINATION), and LOAD_SPREAD=1 spreads the
 #   load over 10,000 client addresses (X-Forwarded-For) and 1,000 destinations
 #   (every load request goes to the same "to"). Make B_CMD `exec` the server so its PID is
-#   the service's. Set LOAD_AUTHORIZATION (e.g. "Bearer k") if B wants an API key.
+#   the service's. Set LOAD_AUTHORIZATION (e.g. "Bearer k") if B wants an API key, and
+#   LOAD_MEDIA_URL to name a media URL that B's checks accept (both services get it).
 #
 # Options:
 #   --latency-ms N     fake Plivo response delay (default 0)
@@ -197,7 +198,7 @@ log "B ($LABEL_B) pid $B_PID on $B_URL"
 RSS_IDLE_A="$(rss_json "$A_PID")"; RSS_IDLE_B="$(rss_json "$B_PID")"
 
 # ---- sanity: one send through each service must reach the fake ---------------------------
-BODY='{"to": "+14155550100", "media_urls": ["https://example.com/a.png"], "text": "hello"}'
+BODY="{\"to\": \"+14155550100\", \"media_urls\": [\"${LOAD_MEDIA_URL:-https://example.com/a.png}\"], \"text\": \"hello\"}"
 sanity() {  # LABEL URL
   curl -fsS -o /dev/null -X POST "$FAKE_BASE/_reset"
   local code hdrs=(-H 'Content-Type: application/json')
