@@ -43,6 +43,8 @@ VARIANTS = [
     ("metrics off", {}, "metrics"),
     ("record off", {}, "record"),
     ("media preflight off", {"media_preflight": False}, ""),
+    ("pacer off", {"send_rate": "0"}, ""),
+    ("opt-out check off", {}, "optout_check"),
     (
         "everything above off",
         {
@@ -50,8 +52,9 @@ VARIANTS = [
             "daily_quota_per_key": 0,
             "log_level": "warning",
             "media_preflight": False,
+            "send_rate": "0",
         },
-        "ip_limit,destination_limit,metrics,record",
+        "ip_limit,destination_limit,metrics,record,optout_check",
     ),
 ]
 
@@ -144,6 +147,9 @@ def instructions(count: int, settings: dict, off: str, fake_url: str, media_url:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         database = f"sqlite+aiosqlite:///{tmp}/cost.db"
+        from run import seed_optouts  # the same 100,000-number list as scenarios 1 and 2
+
+        seed_optouts(database)
         subprocess.run(
             [
                 "valgrind",

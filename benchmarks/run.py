@@ -141,6 +141,25 @@ def fresh_sqlite(workdir: Path, name: str) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
 
+OPTOUTS_LISTED = 100_000  # an opt-out list of a realistic size, none of them in the load
+
+
+def seed_optouts(url: str, count: int = OPTOUTS_LISTED) -> None:
+    """Migrate the SQLite store and list `count` numbers as opted out (+1415200xxxx: the
+    load sends to 555 numbers only), so every send's opt-out check runs against a full list."""
+    env = {**os.environ, "DATABASE_URL": url}
+    subprocess.run([PYTHON, "-m", "app", "migrate"], cwd=ROOT, env=env, check=True)
+    import sqlite3
+
+    path = url.removeprefix("sqlite+aiosqlite:///")
+    now = int(time.time() * 1000)
+    with sqlite3.connect(path) as conn:
+        conn.executemany(
+            "INSERT INTO optouts (number, opted_out, since, source) VALUES (?, 1, ?, 'inbound')",
+            ((f"+1415{2_000_000 + i:07d}", now) for i in range(count)),
+        )
+
+
 # 1 + 2: side by side with the peer ---------------------------------------------------------
 def compare(
     peer: Path,
@@ -156,6 +175,7 @@ def compare(
         **media.env,
         "DATABASE_URL": fresh_sqlite(workdir, f"compare{latency}"),
     }
+    seed_optouts(env["DATABASE_URL"])
     env_args = " ".join(f"{k}={v}" for k, v in env.items())
     command = [
         str(peer / "compare.sh"),

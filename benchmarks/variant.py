@@ -4,8 +4,8 @@
 
 Features that have a configuration switch are turned off by configuration in feature_cost.py
 (auth: no API_KEYS; quota: DAILY_QUOTA_PER_KEY=0; logging: LOG_LEVEL=warning; media
-preflight: MEDIA_PREFLIGHT=false); the others have none in production on purpose, so this
-launcher replaces them with no-ops here.
+preflight: MEDIA_PREFLIGHT=false; the pacer: SEND_RATE=0); the others have none in
+production on purpose, so this launcher replaces them with no-ops here.
 """
 
 from __future__ import annotations
@@ -47,6 +47,13 @@ def switch_off(off: set[str]) -> None:
             return None
 
         service._record = no_record  # type: ignore[assignment]
+    if "optout_check" in off:
+        from app.mms import service
+
+        async def not_listed(db: Any, number: str) -> None:
+            return None
+
+        service.refuse_if_opted_out = not_listed  # type: ignore[assignment]
     if "metrics" in off:
         from app.metrics import Metrics
 
@@ -63,6 +70,8 @@ def switch_off(off: set[str]) -> None:
             "preflight_result",
             "preflight_cache_lookup",
             "preflight_took",
+            "pacing_waited",
+            "pacing_refused",
         ):
             setattr(Metrics, hook, nothing)
 
