@@ -343,13 +343,32 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(parsed.database).resolve()
 
 
+WAL_SWITCH_ATTEMPTS = 100  # x 20 ms: only a new file, only while another process holds it
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
     cursor = dbapi_conn.cursor()
-    # First: switching a new file to WAL needs a lock that a process migrating it holds.
     cursor.execute("PRAGMA busy_timeout=5000")  # several workers share one file
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+    _use_wal(cursor)  # readers never block the writer
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable against a process crash in WAL
     cursor.close()
+
+
+def _use_wal(cursor: Any) -> None:
+    """WAL is a property of the file, set once. Switching a new file needs a lock that the
+    busy timeout does not wait for, so two processes creating the store at once (workers,
+    replicas) could see "database is locked": the switch is retried briefly then."""
+    cursor.execute("PRAGMA journal_mode")
+    if str(cursor.fetchone()[0]).lower() == "wal":
+        return
+    for attempt in range(WAL_SWITCH_ATTEMPTS):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as exc:
+            if "locked" not in str(exc) or attempt == WAL_SWITCH_ATTEMPTS - 1:
+                raise
+            time.sleep(0.02)  # at connect time only, on a file being created
 
 
 class Database:
