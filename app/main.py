@@ -40,7 +40,7 @@ from app.plivo.client import AiohttpPlivoClient, PlivoClient
 from app.plivo.sandbox import SandboxPlivoClient
 from app.plivo.sender import Sender
 from app.ratelimit import ClientRateLimitMiddleware, Limits, LimitStore
-from app.reconcile import Reconciler
+from app.reconcile import LOOKUP_TIMEOUT_SECONDS, Reconciler
 from app.retention import retention_loop
 from app.store.db import Database, StoreUnavailable
 
@@ -185,7 +185,7 @@ async def _lifespan(app: FastAPI, built: _Built) -> AsyncIterator[LifespanState]
         # uvicorn has already let in-flight requests finish (SHUTDOWN_GRACE_SECONDS).
         services.draining = True
         stopping.set()
-        await reconciler.stop()
+        await reconciler.stop(grace_seconds=LOOKUP_TIMEOUT_SECONDS)
         await retention
         await client.aclose()  # the sandbox lets its simulated deliveries finish
         if pacer is not None:

@@ -13,9 +13,7 @@ on PostgreSQL; SQLite has one writer anyway).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,12 +27,12 @@ from app.status import STATUS_RANK, MessageStatus
 from app.store import reconcile as store
 from app.store.db import Database, FunctionOp
 from app.store.repository import now_ms
+from app.worker import ClaimingWorker
 
 log = get_logger("app.reconcile")
 LEASE_MS = 120_000
 LOOKUP_TIMEOUT_SECONDS = 10.0
 MAX_INTERVAL_MS = 6 * 3600 * 1000
-IDLE_POLL_SECONDS = 2.0
 WINDOW_SLACK = timedelta(minutes=2)  # clock skew between us and Plivo's message_time
 
 
@@ -42,53 +40,35 @@ def first_check_at(created_at: int, settings: Settings) -> int:
     return created_at + int(settings.reconcile_after_seconds * 1000)
 
 
-class Reconciler:
+class Reconciler(ClaimingWorker):
+    """Claims one due message at a time (`app.worker`), paced to RECONCILE_RATE."""
+
+    name = "reconciler"
+
     def __init__(self, db: Database, client: PlivoClient, settings: Settings) -> None:
-        self.db = db
+        super().__init__(db)
         self.client = client
         self.settings = settings
         self._interval = 1.0 / settings.reconcile_rate
         self._next_slot = 0.0
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self.backlog = 0
         self.on_lookup: Any = None  # metrics hook: on_lookup(result: str)
         self.on_backlog: Any = None  # metrics hook: on_backlog(backlog: int)
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="reconciler")
+    async def claim(self, conn: AsyncConnection, limit: int) -> list[dict[str, Any]]:
+        return await store.claim_due(conn, now=now_ms(), batch=limit, lease_ms=LEASE_MS)
 
-    async def stop(self) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            try:
-                await self._task
-            except Exception as exc:  # never let it stop the rest of the shutdown
-                log.error("reconciler_failed", error=type(exc).__name__)
+    async def release(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+        await store.release_claims(conn, [row["id"] for row in rows])
 
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                claimed = await self.db.write(FunctionOp(self._claim))
-                self.backlog = await self._count_due()
-                if self.on_backlog:
-                    self.on_backlog(self.backlog)
-            except Exception as exc:  # the store is down: /ready says so; try again later
-                log.error("reconcile_claim_failed", error=type(exc).__name__)
-                claimed = []
-            for row in claimed:
-                try:
-                    if self._stopping.is_set():  # hand the claim back for another replica
-                        release = functools.partial(store.release_claim, message_id=row["id"])
-                        await self.db.write(FunctionOp(release))
-                        continue
-                    await self._pace()
-                    await self._check(row)
-                except Exception as exc:  # one message's trouble; its lease lets it retry
-                    log.error("reconcile_failed", message_id=row["id"], error=type(exc).__name__)
-            if not claimed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), IDLE_POLL_SECONDS)
+    async def after_claim(self) -> None:
+        self.backlog = await self._count_due()
+        if self.on_backlog:
+            self.on_backlog(self.backlog)
+
+    async def handle(self, row: dict[str, Any]) -> None:
+        await self._pace()
+        await self._check(row)
 
     async def _pace(self) -> None:
         """At most RECONCILE_RATE lookups per second in this process."""
@@ -99,10 +79,6 @@ class Reconciler:
         self._next_slot += self._interval
         if delay > 0:
             await asyncio.sleep(delay)
-
-    async def _claim(self, conn: AsyncConnection) -> list[dict[str, Any]]:
-        batch = max(1, math.ceil(self.settings.reconcile_rate * 10))  # ~10 s of lookups
-        return await store.claim_due(conn, now=now_ms(), batch=batch, lease_ms=LEASE_MS)
 
     async def _count_due(self) -> int:
         async with self.db.read() as conn:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.status import FINAL_RANK, MessageStatus
+from app.store import claims
 from app.store.tables import messages
 
 # What finishing a check did: the message is final (nothing more to do), was settled as
@@ -23,45 +24,33 @@ CheckEnd = Literal["final", "settled", "not_sent", "rescheduled"]
 async def claim_due(
     conn: AsyncConnection, *, now: int, batch: int, lease_ms: int
 ) -> list[dict[str, Any]]:
-    """Claim up to `batch` due messages (the earliest due first) for `lease_ms`."""
-    due = (
-        select(messages.c.id)
-        .where(
-            messages.c.next_check_at <= now,
-            (messages.c.claimed_until.is_(None)) | (messages.c.claimed_until < now),
-        )
-        .order_by(messages.c.next_check_at)
-        .limit(batch)
-        .with_for_update(skip_locked=True)  # one replica per message (PostgreSQL)
-    )
-    result = await conn.execute(
-        update(messages)
-        .where(messages.c.id.in_(due.scalar_subquery()))
-        .values(claimed_until=now + lease_ms)
-        .returning(
+    """Claim up to `batch` messages due for a lookup (the earliest first) for `lease_ms`."""
+    return await claims.claim_due(
+        conn,
+        messages,
+        due=messages.c.next_check_at,
+        now=now,
+        batch=batch,
+        lease_ms=lease_ms,
+        returning=(
             messages.c.id,
             messages.c.message_uuid,
             messages.c.to_number,
             messages.c.status,
             messages.c.created_at,
             messages.c.checks,
-        )
+        ),
     )
-    return [dict(r._mapping) for r in result]
 
 
-async def release_claim(conn: AsyncConnection, message_id: str) -> None:
-    """Hand a claim back (shutting down): another replica may take the message at once."""
-    await conn.execute(
-        update(messages).where(messages.c.id == message_id).values(claimed_until=None)
-    )
+async def release_claims(conn: AsyncConnection, message_ids: list[str]) -> None:
+    """Hand claims back (shutting down): another replica may take the messages at once."""
+    await claims.release(conn, messages, message_ids)
 
 
 async def count_due(conn: AsyncConnection, now: int) -> int:
-    result = await conn.execute(
-        select(func.count()).select_from(messages).where(messages.c.next_check_at <= now)
-    )
-    return int(result.scalar_one())
+    count, _ = await claims.count_due(conn, messages, due=messages.c.next_check_at, now=now)
+    return count
 
 
 async def known_uuids(conn: AsyncConnection, uuids: list[str]) -> set[str]:
