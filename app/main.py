@@ -43,6 +43,8 @@ from app.ratelimit import ClientRateLimitMiddleware, Limits, LimitStore
 from app.reconcile import LOOKUP_TIMEOUT_SECONDS, Reconciler
 from app.retention import retention_loop
 from app.store.db import Database, StoreUnavailable
+from app.webhooks.delivery import ATTEMPT_TIMEOUT_SECONDS, WebhookDelivery
+from app.webhooks.events import targets_for
 
 log = get_logger("app.main")
 
@@ -148,6 +150,14 @@ async def _lifespan(app: FastAPI, built: _Built) -> AsyncIterator[LifespanState]
     reconciler = Reconciler(db, client, settings)
     reconciler.on_lookup = metrics.reconcile_lookup
     reconciler.on_backlog = metrics.set_reconcile_backlog
+    webhooks = None
+    if settings.webhooks:
+        webhooks = WebhookDelivery(db, settings)
+        webhooks.on_attempt = metrics.webhook_attempt
+        webhooks.on_backlog = metrics.set_webhook_backlog
+        metrics.webhook_endpoints([endpoint.name for endpoint in settings.webhooks])
+        # Every write that causes an event inserts it; the local worker wakes at once.
+        db.webhooks = targets_for(settings, on_event=webhooks.wake)
     services = Services(
         settings=settings,
         auth=built.auth,
@@ -156,10 +166,13 @@ async def _lifespan(app: FastAPI, built: _Built) -> AsyncIterator[LifespanState]
         db=db,
         sender=sender,
         reconciler=reconciler,
+        webhooks=webhooks,
         pacer=pacer,
         preflight=preflight,
     )
     reconciler.start()
+    if webhooks is not None:
+        webhooks.start()
     stopping = asyncio.Event()
     retention = asyncio.create_task(retention_loop(db, settings.retention_days, stopping))
     _drain_on_sigterm(services)
@@ -186,6 +199,10 @@ async def _lifespan(app: FastAPI, built: _Built) -> AsyncIterator[LifespanState]
         services.draining = True
         stopping.set()
         await reconciler.stop(grace_seconds=LOOKUP_TIMEOUT_SECONDS)
+        if webhooks is not None:  # attempts in flight finish (10 s at most) or are retried
+            await webhooks.stop(
+                grace_seconds=min(settings.shutdown_grace_seconds, ATTEMPT_TIMEOUT_SECONDS)
+            )
         await retention
         await client.aclose()  # the sandbox lets its simulated deliveries finish
         if pacer is not None:

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from app.logging import get_logger
 from app.store.migrate import migrate
 from app.store.tables import callback_nonces
+from app.store.webhooks import NO_TARGETS, Targets
 
 log = get_logger("app.store")
 T = TypeVar("T")
@@ -402,6 +403,9 @@ class Database:
         self.writer = GroupCommitWriter(
             self.engine, on_batch=on_batch, check=self.check_file, on_health=on_health
         )
+        # Which webhook endpoints get events (set at startup from WEBHOOKS): every write
+        # that causes an event takes it from here.
+        self.webhooks: Targets = NO_TARGETS
 
     async def start(self) -> None:
         await migrate(self.engine, sqlite_path=self.sqlite_path)
