@@ -45,6 +45,7 @@ from app.retention import retention_loop
 from app.store.db import Database, StoreUnavailable
 from app.webhooks.delivery import ATTEMPT_TIMEOUT_SECONDS, WebhookDelivery
 from app.webhooks.events import targets_for
+from app.webhooks.router import router as webhooks_router
 
 log = get_logger("app.main")
 
@@ -273,7 +274,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(DBAPIError, _on_store_unavailable)
     # Callbacks first: for a method not allowed on /api/mms/status, Starlette's 405 names
     # the first route whose path matches — it must be POST /status, not GET /{messageUuid}.
-    for router in (callbacks_router, inbound_router, mms_router, optouts_router, health.router):
+    for router in (
+        callbacks_router,
+        inbound_router,
+        mms_router,
+        optouts_router,
+        webhooks_router,
+        health.router,
+    ):
         # The routes themselves, not include_router(): FastAPI 0.165 keeps an included
         # router as a nested matcher, and walking it cost ~60 µs per request here.
         app.router.routes.extend(_bound_to(app, route) for route in router.routes)

@@ -312,7 +312,13 @@ def encode_cursor(created_at: int, delivery_id: str) -> str:
     return base64.urlsafe_b64encode(f"{created_at}:{delivery_id}".encode()).decode().rstrip("=")
 
 
-_CURSOR = re.compile(r"(0|[1-9][0-9]{0,18}):(msg_[0-9a-f]{32})")
+_ID = r"msg_[0-9a-f]{32}"
+_CURSOR = re.compile(rf"(0|[1-9][0-9]{{0,18}}):({_ID})")
+
+
+def is_delivery_id(value: str) -> bool:
+    """What add_events makes; anything else is no delivery (and never reaches a query)."""
+    return re.fullmatch(_ID, value) is not None
 
 
 def decode_cursor(cursor: str) -> tuple[int, str] | None:
