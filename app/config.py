@@ -564,11 +564,6 @@ class Settings(BaseSettings):
     def _webhook_rules(self) -> None:
         if not self.webhooks:
             return
-        if self.webhook_secret is None:
-            raise ConfigError(
-                "WEBHOOK_SECRET: required when WEBHOOKS is set (whsec_ + base64 of at least "
-                f"{MIN_WEBHOOK_SECRET_BYTES} random bytes)"
-            )
         known = {key.name for key in self.api_keys} or {ANONYMOUS_CALLER}
         for endpoint in self.webhooks:
             if endpoint.name != ALL_EVENTS and endpoint.name not in known:
@@ -576,6 +571,11 @@ class Settings(BaseSettings):
                     f"WEBHOOKS: {endpoint.name!r} is not the name of a key in API_KEYS "
                     "(use a key's name, or * for every key)"
                 )
+        if self.webhook_secret is None:
+            raise ConfigError(
+                "WEBHOOK_SECRET: required when WEBHOOKS is set (whsec_ + base64 of at least "
+                f"{MIN_WEBHOOK_SECRET_BYTES} random bytes)"
+            )
 
     def startup_warnings(self) -> list[str]:
         """Risky but legitimate settings, logged loudly at startup (see docs/security.md)."""
