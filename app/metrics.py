@@ -421,6 +421,7 @@ class Metrics:
         for name in names:
             for outcome in ("delivered", "retry", "failed"):
                 self.webhook_attempts.labels(name, outcome).inc(0)
+            self.webhook_duration.labels(name)
         self.webhook_pending.set(0)
         self.webhook_oldest_pending.set(0)
 
