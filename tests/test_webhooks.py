@@ -331,13 +331,13 @@ async def test_hanging_endpoint_delays_no_send_and_no_other_endpoint(
         async with client_for(hooked(webhooks=endpoints)) as client:
             worker = client.services.webhooks
             timings = []
-            for i in range(20):
+            for i in range(30):
                 body = {**VALID, "to": f"+1415555{1000 + i}"}
                 started = time.perf_counter()
                 response = await client.post("/api/mms/send", json=body, headers=A)
                 timings.append(time.perf_counter() - started)
                 assert response.status_code == 200
-            await until(lambda: len(other.got()) == 20, timeout=10)
+            await until(lambda: len(other.got()) == 30, timeout=10)
             hung = len(receiver.got())
             in_flight = worker.in_flight
             receiver.unhang()
@@ -353,7 +353,8 @@ async def test_per_endpoint_cap_holds_the_rest_pending(hooked, client_for, recei
     receiver.hanging = True
     async with client_for(hooked(webhooks=hooks(receiver, alpha="/alpha"))) as client:
         worker = client.services.webhooks
-        for i in range(12):
+        total = worker.per_endpoint + 4
+        for i in range(total):
             await client.post(
                 "/api/mms/send", json={**VALID, "to": f"+1415555{2000 + i}"}, headers=A
             )
@@ -361,5 +362,5 @@ async def test_per_endpoint_cap_holds_the_rest_pending(hooked, client_for, recei
         await asyncio.sleep(0.5)
         held = len(receiver.got())
         receiver.unhang()
-        await until(lambda: len(receiver.got()) == 12)
+        await until(lambda: len(receiver.got()) == total)
     assert held == worker.per_endpoint

@@ -19,12 +19,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Integer,
+    String,
+    and_,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.ids import random_id
 from app.status import STATUS_RANK
 from app.store import claims
+from app.store.db import BatchedOp
 from app.store.tables import messages, webhook_deliveries
 
 ALL = "*"
@@ -230,37 +243,58 @@ async def release_claims(conn: AsyncConnection, ids: list[str]) -> None:
     await claims.release(conn, webhook_deliveries, ids)
 
 
-async def finish_attempt(
-    conn: AsyncConnection,
-    *,
-    delivery_id: str,
-    lease: int,
-    attempts: int,
-    next_attempt_at: int | None,
-    delivered: bool,
-    error: str | None,
-    now: int,
-    keep_text: bool,
-) -> bool:
-    """Record an attempt's outcome: delivered, due again at `next_attempt_at`, or failed
-    (neither). Only while the lease taken is still ours; False otherwise (nothing
-    changed: the lease ran out and another claim owns the row)."""
-    values: dict[str, Any] = {
-        "attempts": attempts,
-        "claimed_until": None,
-        "last_error": error[:200] if error else None,
-        "updated_at": now,
-        "next_attempt_at": None if delivered else next_attempt_at,
-        "status": DELIVERED if delivered else (PENDING if next_attempt_at else FAILED),
-    }
-    if values["status"] != PENDING and not keep_text:
-        values["text"] = None  # final: an inbound message's text goes
-    result = await conn.execute(
-        update(webhook_deliveries)
-        .where(webhook_deliveries.c.id == delivery_id, webhook_deliveries.c.claimed_until == lease)
-        .values(**values)
+_FINISH_TEXT = bindparam("f_clear_text", type_=Boolean)
+_finish = (
+    update(webhook_deliveries)
+    .where(
+        webhook_deliveries.c.id == bindparam("f_id"),
+        # Only while the lease taken is still ours: once it ran out, another claim owns it.
+        webhook_deliveries.c.claimed_until == bindparam("f_lease", type_=BigInteger),
     )
-    return bool(result.rowcount)
+    .values(
+        attempts=bindparam("f_attempts", type_=Integer),
+        claimed_until=None,
+        last_error=bindparam("f_error", type_=String),
+        updated_at=bindparam("f_now", type_=BigInteger),
+        next_attempt_at=bindparam("f_next", type_=BigInteger),
+        status=bindparam("f_status", type_=String),
+        text=case((_FINISH_TEXT, None), else_=webhook_deliveries.c.text),
+    )
+)
+
+
+@dataclass
+class FinishAttempt(BatchedOp):
+    """Record an attempt's outcome: delivered, due again at `next_attempt_at`, or failed
+    (neither). Finished attempts of one batch are one statement."""
+
+    delivery_id: str
+    lease: int
+    attempts: int
+    next_attempt_at: int | None
+    delivered: bool
+    error: str | None
+    now: int
+    keep_text: bool
+
+    def params(self) -> dict[str, Any]:
+        status = DELIVERED if self.delivered else (PENDING if self.next_attempt_at else FAILED)
+        return {
+            "f_id": self.delivery_id,
+            "f_lease": self.lease,
+            "f_attempts": self.attempts,
+            "f_error": self.error[:200] if self.error else None,
+            "f_now": self.now,
+            "f_next": None if self.delivered else self.next_attempt_at,
+            "f_status": status,
+            # Final: an inbound message's text goes.
+            "f_clear_text": status != PENDING and not self.keep_text,
+        }
+
+    @classmethod
+    async def run_many(cls, conn: AsyncConnection, ops: Sequence[Any]) -> list[Any]:
+        await conn.execute(_finish, [op.params() for op in ops])
+        return [None] * len(ops)
 
 
 async def give_up(

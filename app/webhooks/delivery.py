@@ -15,7 +15,6 @@ its status and the latency are.
 
 from __future__ import annotations
 
-import functools
 import random
 import time
 from collections import Counter
@@ -40,8 +39,8 @@ log = get_logger("app.webhooks")
 ATTEMPT_TIMEOUT_SECONDS = 10.0
 LEASE_MS = 30_000  # an attempt's 10 s, its outcome's write, and a wide margin
 MAX_RESPONSE_BYTES = 1024
-CONCURRENCY = 32  # attempts in flight per process
-PER_ENDPOINT = 8  # of which one endpoint may hold at most this many
+CONCURRENCY = 64  # attempts in flight per process
+PER_ENDPOINT = 16  # of which one endpoint may hold at most this many
 TEXT_KEPT_MS = 24 * 3600 * 1000  # inbound text in a pending delivery: erased after 24 h
 BACKLOG_EVERY_SECONDS = 1.0  # metrics: the pending count at most this often
 ERASE_EVERY_SECONDS = 60.0
@@ -92,6 +91,7 @@ class WebhookDelivery(ClaimingWorker):
         self.uniform = uniform
         self.per_endpoint = per_endpoint
         self._active: Counter[str] = Counter()  # attempts in flight per endpoint
+        self._capped = False  # the last claim left due rows behind for an endpoint's cap
         self._session: aiohttp.ClientSession | None = None
         self._next_report = 0.0
         self._next_erase = 0.0
@@ -121,8 +121,10 @@ class WebhookDelivery(ClaimingWorker):
         endpoint's cap are handed back at once and the claim goes on without it."""
         now, counts = self.now_ms(), Counter(self._active)
         taken: list[dict[str, Any]] = []
+        self._capped = False
         while len(taken) < limit:
             full = [name for name, count in counts.items() if count >= self.per_endpoint]
+            self._capped = self._capped or bool(full)
             rows = await store.claim_due(
                 conn, now=now, batch=limit - len(taken), lease_ms=LEASE_MS, skip_endpoints=full
             )
@@ -135,6 +137,7 @@ class WebhookDelivery(ClaimingWorker):
                     over.append(row["id"])
             if not over:
                 break
+            self._capped = True
             await store.release_claims(conn, over)
         return taken
 
@@ -162,8 +165,8 @@ class WebhookDelivery(ClaimingWorker):
             await self._deliver(row)
         finally:
             self._active[endpoint] -= 1
-            if self._active[endpoint] == self.per_endpoint - 1:
-                self.wake()  # rows of this endpoint may wait for the slot just freed
+            if self._capped:  # rows held back by an endpoint's cap may take the slot
+                self.wake()
 
     async def _deliver(self, row: dict[str, Any]) -> None:
         endpoint, attempt = row["endpoint"], row["attempts"] + 1
@@ -200,8 +203,7 @@ class WebhookDelivery(ClaimingWorker):
         seconds = time.perf_counter() - started
         now = self.now_ms()
         later = None if error is None else next_attempt_at(attempt, now, self.uniform)
-        finish = functools.partial(
-            store.finish_attempt,
+        finish = store.FinishAttempt(
             delivery_id=row["id"],
             lease=row["claimed_until"],
             attempts=attempt,
@@ -211,7 +213,7 @@ class WebhookDelivery(ClaimingWorker):
             now=now,
             keep_text=self.keep_text,
         )
-        await self.db.write(FunctionOp(finish))
+        await self.db.write(finish)
         outcome = "delivered" if error is None else ("retry" if later else "failed")
         if self.on_attempt is not None:
             self.on_attempt(endpoint, outcome, seconds)
