@@ -8,7 +8,8 @@
    preflight-cold  scenario 1's load on our service alone, every send a new media URL (a
                    media preflight cache miss each) against runs with one cached URL
 2. concurrency     upstream 100 ms, 200 connections (ceiling: 100 in flight / 0.1 s)
-3. callbacks       unique, validly signed callbacks into SQLite and PostgreSQL (no peer feature)
+3. callbacks       unique, validly signed callbacks into SQLite and PostgreSQL (no peer feature),
+                   each status change delivered as a webhook to a local receiver
 4. coldstart       seconds from exec to the first 200 on /health (RSS comes from scenario 2)
 5. features        instructions per send with each feature switched off (callgrind)
 
@@ -411,6 +412,30 @@ def _seed_messages(url: str, count: int) -> list[str]:
     return uuids
 
 
+HOOK_PORT = 8791
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+CALLBACK_MESSAGES = 30_000  # callbacks alternate sent/delivered per pass over these
+
+
+def _hook_stats() -> dict[str, Any]:
+    import httpx
+
+    return dict(httpx.get(f"http://127.0.0.1:{HOOK_PORT}/stats", timeout=5).json())
+
+
+def _drain_webhooks(quiet_seconds: float = 2.0, limit: float = 180.0) -> dict[str, Any]:
+    """Wait until deliveries stop arriving (the backlog is delivered), up to `limit`."""
+    deadline = time.monotonic() + limit
+    stats = _hook_stats()
+    while time.monotonic() < deadline:
+        time.sleep(quiet_seconds)
+        again = _hook_stats()
+        if again["count"] == stats["count"]:
+            return again
+        stats = again
+    return stats
+
+
 def callbacks(workdir: Path, media: MediaServer, store: str, duration: int) -> dict[str, Any]:
     if store == "sqlite":
         url = fresh_sqlite(workdir, "callbacks")
@@ -419,11 +444,19 @@ def callbacks(workdir: Path, media: MediaServer, store: str, duration: int) -> d
         role = "bench_" + os.urandom(4).hex()
         _psql(f"CREATE ROLE {role} LOGIN; CREATE SCHEMA {role} AUTHORIZATION {role};")
         url = f"postgresql+asyncpg://{role}@127.0.0.1:5432/test"
+    # One webhook endpoint for the messages' key: every status change is an event,
+    # delivered to a receiver answering 200 (on CPU 1, with wrk).
+    receiver = subprocess.Popen(
+        ["taskset", "-c", "1", PYTHON, str(HERE / "webhook_receiver.py"), "--port", str(HOOK_PORT)],
+        stdout=subprocess.DEVNULL,
+    )
     try:
-        uuids = _seed_messages(url, 5000)
+        uuids = _seed_messages(url, CALLBACK_MESSAGES)
         requests_file = workdir / "callbacks.tsv"
         _signed_callbacks(requests_file, uuids, 120_000)
         env = {
+            "WEBHOOKS": f"bench=http://127.0.0.1:{HOOK_PORT}/hook",
+            "WEBHOOK_SECRET": WEBHOOK_SECRET,
             **SERVICE_ENV,
             **media.env,
             "DATABASE_URL": url,
@@ -436,16 +469,37 @@ def callbacks(workdir: Path, media: MediaServer, store: str, duration: int) -> d
         try:
             wait_http(f"http://127.0.0.1:{PORT}/health")
             _wrk_callbacks(requests_file, 3, 50)  # warm-up (imports the plivo SDK, etc.)
+            _drain_webhooks()
+            import httpx
+
+            httpx.post(f"http://127.0.0.1:{HOOK_PORT}/reset", timeout=5)
             cpu = cpu_seconds(proc.pid)
+            started = time.time()
             result = _wrk_callbacks(requests_file, duration, 50)
             result["svc_cpu_ms_per_req"] = round(
                 (cpu_seconds(proc.pid) - cpu) * 1000 / max(1, result["requests"]), 3
             )
+            at_end = _hook_stats()["count"]
+            hooks = _drain_webhooks()
         finally:
             stop(proc)
         result["store"] = store
+        # Deliveries/s: every event of the run (it started with an empty receiver) over the
+        # time until the last one arrived; the lag runs from the callback's arrival at the
+        # service (the event's timestamp) to the delivery's arrival at the receiver.
+        span = max(1e-3, hooks["last_at"] - started)
+        result["webhooks"] = {
+            "deliveries": hooks["count"],
+            "deliveries_per_s": round(hooks["count"] / span, 1),
+            "delivered_during_load": at_end,
+            "drained_after_load_s": round(max(0.0, hooks["last_at"] - started - duration), 1),
+            "lag_p50_ms": hooks["p50_ms"],
+            "lag_p99_ms": hooks["p99_ms"],
+        }
         return result
     finally:
+        receiver.terminate()
+        receiver.wait(10)
         if role:
             _psql(
                 f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename='{role}';"
@@ -610,6 +664,14 @@ def report(results: dict[str, Any]) -> str:
             f"| 3. callbacks into {c['store']} | — | {c['rps']:.0f}/s (p99 {c['p99_ms']}"
             f" ms, {c['non2xx']} non-2xx) | | ≥ 2,000/s on SQLite |"
         )
+        hooks = c.get("webhooks")
+        if hooks:
+            lines.append(
+                f"| 3. webhook deliveries ({c['store']}, one endpoint) | — | "
+                f"{hooks['deliveries_per_s']:.0f}/s ({hooks['deliveries']} events; lag "
+                f"callback → delivery p50 {hooks['lag_p50_ms']} ms, p99 {hooks['lag_p99_ms']}"
+                f" ms) | | reported |"
+            )
     if "coldstart" in results:
         cs = results["coldstart"]
         lines.append(

@@ -11,6 +11,10 @@ round by round (median reported):
 - insert:     one endpoint for the sending key, its worker stopped: each send's record also
               inserts its `message.status` event, in the same transaction, and nothing more
 - delivered:  the same, the worker running: every event is also signed and POSTed
+
+A whole send varies by more than the insert costs on a shared machine, so the insert is
+also measured alone: the send's record through the group-commit writer (as
+record_cost.py), with and without its event, the difference being the insert's CPU.
 """
 
 from __future__ import annotations
@@ -130,11 +134,40 @@ async def pending(services: Any) -> int:
     return count
 
 
+async def record_cost(args: argparse.Namespace, tmp: Path, with_event: bool) -> float:
+    """CPU per send record through the group-commit writer (as record_cost.py), with or
+    without its event: the insert's own cost, without the noise of a whole send."""
+    from record_cost import _row as row  # benchmarks/: the same rows as record_cost.py
+
+    from app.store.db import Database
+    from app.store.repository import RecordMessage
+    from app.webhooks.events import targets_for
+
+    db = Database(f"sqlite+aiosqlite:///{tmp}/record-{time.monotonic_ns()}.db")
+    await db.start()
+    hooks = settings(str(tmp / "unused.db"), "http://127.0.0.1:9/v1", "bench=http://x.invalid/")
+    targets = targets_for(hooks) if with_event else db.webhooks
+    queue = iter(range(args.records))
+
+    async def writer() -> None:
+        for i in queue:
+            await db.write(RecordMessage(row(i), targets=targets))
+
+    await asyncio.gather(*(writer() for _ in range(args.concurrency)))  # warm-up
+    queue = iter(range(args.records))
+    cpu = time.process_time()
+    await asyncio.gather(*(writer() for _ in range(args.concurrency)))
+    cpu = time.process_time() - cpu
+    await db.close()
+    return cpu / args.records * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sends", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--records", type=int, default=5000)
     args = parser.parse_args()
     plivo_port, hook_port = free_port(), free_port()
     fake = subprocess.Popen(
@@ -152,6 +185,7 @@ def main() -> None:
         stdout=subprocess.DEVNULL,
     )
     results: dict[str, list[float]] = {"off": [], "insert": [], "delivered": []}
+    records: dict[bool, list[float]] = {False: [], True: []}
     try:
         wait_port(plivo_port)
         wait_port(hook_port)
@@ -163,6 +197,11 @@ def main() -> None:
                     value = asyncio.run(run(variant, args, plivo, hook, Path(tmp)))
                     results[variant].append(value)
                     print(f"  {variant:9s} {value:7.0f} µs CPU per send", flush=True)
+                for with_event in records:
+                    value = asyncio.run(record_cost(args, Path(tmp), with_event))
+                    records[with_event].append(value)
+                    label = "record + event" if with_event else "record"
+                    print(f"  {label:14s} {value:7.1f} µs CPU per record", flush=True)
     finally:
         fake.terminate()
         receiver.terminate()
@@ -170,8 +209,15 @@ def main() -> None:
     print(f"\n{args.sends} sends, {args.concurrency} at once, median of {args.rounds} rounds:")
     for variant, values in results.items():
         value = statistics.median(values)
-        extra = "" if variant == "off" else f"  (+{(value - off) / off * 100:.1f} % of a send)"
+        extra = "" if variant == "off" else f"  ({(value - off) / off * 100:+.1f} % of a send)"
         print(f"  {variant:9s} {value:7.0f} µs CPU per send{extra}")
+    plain, hooked = (statistics.median(records[k]) for k in (False, True))
+    print(
+        f"\n{args.records} send records, {args.concurrency} at once, median of {args.rounds}:"
+        f"\n  record          {plain:7.1f} µs CPU\n  record + event  {hooked:7.1f} µs CPU"
+        f"\n  the event insert: {hooked - plain:+.1f} µs per send = "
+        f"{(hooked - plain) / off * 100:.1f} % of a send's {off:.0f} µs"
+    )
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ arrival here.
 
     python benchmarks/webhook_receiver.py --port 8790
 
-`GET /stats` -> {"count", "p50_ms", "p99_ms"}; `POST /reset` empties it. Signatures are not
-checked here (the tests do that with the standardwebhooks library): the benchmark measures
-the service, not the receiver.
+`GET /stats` -> {"count", "p50_ms", "p99_ms", "last_at"}; `POST /reset` empties it.
+Signatures are not checked here (the tests do that with the standardwebhooks library): the
+benchmark measures the service, not the receiver.
 """
 
 from __future__ import annotations
@@ -20,12 +20,15 @@ import orjson
 from aiohttp import web
 
 lags: list[float] = []
+last_at: list[float] = [0.0]
 
 
 async def hook(request: web.Request) -> web.Response:
     body = orjson.loads(await request.read())
+    now = time.time()
     at = datetime.fromisoformat(body["timestamp"].replace("Z", "+00:00")).timestamp()
-    lags.append((time.time() - at) * 1000)
+    lags.append((now - at) * 1000)
+    last_at[0] = now
     return web.Response(text="ok")
 
 
@@ -36,7 +39,12 @@ def _quantile(values: list[float], q: float) -> float | None:
 
 
 async def stats(request: web.Request) -> web.Response:
-    data = {"count": len(lags), "p50_ms": _quantile(lags, 50), "p99_ms": _quantile(lags, 99)}
+    data = {
+        "count": len(lags),
+        "p50_ms": _quantile(lags, 50),
+        "p99_ms": _quantile(lags, 99),
+        "last_at": last_at[0],  # epoch seconds of the latest arrival
+    }
     return web.json_response(data)
 
 
