@@ -377,35 +377,36 @@ def _seed_messages(url: str, count: int) -> list[str]:
         db = Database(url)
         await db.start()
         now = now_ms()
-        await asyncio.gather(
-            *(
-                db.write(
-                    RecordMessage(
-                        {
-                            "id": os.urandom(16).hex(),
-                            "caller": "bench",
-                            "message_uuid": u,
-                            "api_id": None,
-                            "to_number": "+14155550100",
-                            "from_number": "+14155550000",
-                            "media_count": 1,
-                            "text": None,
-                            "status": "queued",
-                            "status_rank": 1,
-                            "error_code": None,
-                            "idempotency_key": None,
-                            "request_id": None,
-                            "created_at": now,
-                            "updated_at": now,
-                            "next_check_at": now + 86_400_000,
-                            "checks": 0,
-                            "claimed_until": None,
-                        }
+        for start in range(0, len(uuids), 2000):  # each chunk commits well within the timeout
+            await asyncio.gather(
+                *(
+                    db.write(
+                        RecordMessage(
+                            {
+                                "id": os.urandom(16).hex(),
+                                "caller": "bench",
+                                "message_uuid": u,
+                                "api_id": None,
+                                "to_number": "+14155550100",
+                                "from_number": "+14155550000",
+                                "media_count": 1,
+                                "text": None,
+                                "status": "queued",
+                                "status_rank": 1,
+                                "error_code": None,
+                                "idempotency_key": None,
+                                "request_id": None,
+                                "created_at": now,
+                                "updated_at": now,
+                                "next_check_at": now + 86_400_000,
+                                "checks": 0,
+                                "claimed_until": None,
+                            }
+                        )
                     )
+                    for u in uuids[start : start + 2000]
                 )
-                for u in uuids
             )
-        )
         await db.close()
 
     asyncio.run(seed())

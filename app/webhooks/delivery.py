@@ -39,7 +39,7 @@ log = get_logger("app.webhooks")
 ATTEMPT_TIMEOUT_SECONDS = 10.0
 LEASE_MS = 30_000  # an attempt's 10 s, its outcome's write, and a wide margin
 MAX_RESPONSE_BYTES = 1024
-CONCURRENCY = 64  # attempts in flight per process
+CONCURRENCY = 64  # deliveries in progress per process (an attempt, then its outcome's write)
 PER_ENDPOINT = 16  # of which one endpoint may hold at most this many
 TEXT_KEPT_MS = 24 * 3600 * 1000  # inbound text in a pending delivery: erased after 24 h
 BACKLOG_EVERY_SECONDS = 1.0  # metrics: the pending count at most this often
@@ -125,9 +125,17 @@ class WebhookDelivery(ClaimingWorker):
         while len(taken) < limit:
             full = [name for name, count in counts.items() if count >= self.per_endpoint]
             self._capped = self._capped or bool(full)
+            # No more rows than the configured endpoints can start (a removed endpoint's
+            # rows are failed at once, so they take one slot of room).
+            room = sum(max(0, self.per_endpoint - counts[name]) for name in self.urls) or 1
+            batch = min(limit - len(taken), room)
+            if not self.urls.keys() - set(full) and full:
+                break  # every endpoint is at its cap: nothing to claim
             rows = await store.claim_due(
-                conn, now=now, batch=limit - len(taken), lease_ms=LEASE_MS, skip_endpoints=full
+                conn, now=now, batch=batch, lease_ms=LEASE_MS, skip_endpoints=full
             )
+            if len(rows) == batch < limit - len(taken):
+                self._capped = True  # the endpoints' room, not the due rows, ended it
             over = []
             for row in rows:
                 if counts[row["endpoint"]] < self.per_endpoint:
@@ -161,14 +169,25 @@ class WebhookDelivery(ClaimingWorker):
     async def handle(self, row: dict[str, Any]) -> None:
         endpoint = row["endpoint"]
         self._active[endpoint] += 1  # before any await: the next claim sees it
-        try:
-            await self._deliver(row)
-        finally:
-            self._active[endpoint] -= 1
-            if self._capped:  # rows held back by an endpoint's cap may take the slot
-                self.wake()
+        freed = False
 
-    async def _deliver(self, row: dict[str, Any]) -> None:
+        def free_endpoint() -> None:
+            """The endpoint's slot is free once its answer is in (the outcome's write
+            does not hold it). Rows held back by its cap are claimed once half of the
+            slots are free: in batches, not one claim per finished attempt."""
+            nonlocal freed
+            if not freed:
+                freed = True
+                self._active[endpoint] -= 1
+                if self._capped and self._active[endpoint] <= self.per_endpoint // 2:
+                    self.wake()
+
+        try:
+            await self._deliver(row, free_endpoint)
+        finally:
+            free_endpoint()
+
+    async def _deliver(self, row: dict[str, Any], free_endpoint: Callable[[], None]) -> None:
         endpoint, attempt = row["endpoint"], row["attempts"] + 1
         url = self.urls.get(endpoint)
         if url is None or self.signer is None or self._session is None:
@@ -201,6 +220,7 @@ class WebhookDelivery(ClaimingWorker):
         if error is None and status is not None and not 200 <= status < 300:
             error = f"HTTP {status}"
         seconds = time.perf_counter() - started
+        free_endpoint()
         now = self.now_ms()
         later = None if error is None else next_attempt_at(attempt, now, self.uniform)
         finish = store.FinishAttempt(
