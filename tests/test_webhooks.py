@@ -102,9 +102,9 @@ async def inbound(client, text, sender="14155550100"):
 
 # Every event type, signed, scoped ------------------------------------------------------------
 async def test_status_events_reach_the_key_and_star_endpoints_signed(
-    hooked, client_for, receiver, fake_plivo
+    hooked, client_for, receiver, fake_plivo, store_url
 ):
-    async with client_for(hooked()) as client:
+    async with client_for(hooked(database_url=store_url)) as client:
         response = await client.post("/api/mms/send", json=VALID, headers=A)
         message_uuid = response.json()["messageUuid"][0]
         await callback(client, message_uuid, "sent", 1)
@@ -147,11 +147,11 @@ async def test_send_outcomes_rejected_and_unknown_are_events(
 
 
 async def test_keyed_send_has_one_event_not_one_for_the_key_row(
-    hooked, client_for, receiver, fake_plivo
+    hooked, client_for, receiver, fake_plivo, store_url
 ):
     """The row written when the Idempotency-Key is taken (`unknown` while in flight) is no
     event; the send's outcome is, once; a replay adds none."""
-    async with client_for(hooked()) as client:
+    async with client_for(hooked(database_url=store_url)) as client:
         headers = {**A, "Idempotency-Key": "k-1"}
         first = await client.post("/api/mms/send", json=VALID, headers=headers)
         again = await client.post("/api/mms/send", json=VALID, headers=headers)
@@ -196,9 +196,9 @@ async def test_inbound_and_optout_events_go_to_star_only(hooked, client_for, rec
 
 
 async def test_error_200_callback_lists_the_number_with_an_event(
-    hooked, client_for, receiver, fake_plivo
+    hooked, client_for, receiver, fake_plivo, store_url
 ):
-    async with client_for(hooked()) as client:
+    async with client_for(hooked(database_url=store_url)) as client:
         message_uuid = (await client.post("/api/mms/send", json=VALID, headers=A)).json()[
             "messageUuid"
         ][0]
@@ -364,3 +364,41 @@ async def test_per_endpoint_cap_holds_the_rest_pending(hooked, client_for, recei
         receiver.unhang()
         await until(lambda: len(receiver.got()) == total)
     assert held == worker.per_endpoint
+
+
+async def test_each_status_of_one_batch_is_an_event(
+    hooked, client_for, receiver, fake_plivo, store_url
+):
+    """`sent` and `delivered` applied in one transaction are two events (in Plivo's
+    Sequence order); a report that changes nothing (a late `sent`) is none."""
+    from app.store.repository import IngestEvent
+
+    async with client_for(hooked(database_url=store_url)) as client:
+        db = client.services.db
+        response = await client.post("/api/mms/send", json=VALID, headers=A)
+        message_uuid = response.json()["messageUuid"][0]
+
+        def report(status, sequence):
+            return IngestEvent(
+                message_uuid=message_uuid,
+                status=status,
+                error_code=None,
+                sequence=sequence,
+                source="callback",
+                targets=db.webhooks,
+            )
+
+        batch = [report("delivered", 3), report("sent", 2)]
+        await db.write(FunctionOp(lambda c: IngestEvent.run_many(c, batch)))
+        late = [report("sent", 4)]
+        await db.write(FunctionOp(lambda c: IngestEvent.run_many(c, late)))
+        await until(lambda: len(receiver.got("/alpha")) == 3)
+        await asyncio.sleep(0.5)
+        rows = await deliveries(client, webhook_deliveries.c.endpoint == "alpha")
+    assert len(rows) == 3
+    assert sorted(statuses(receiver, "/alpha")) == ["delivered", "queued", "sent"]
+    sent, delivered = (
+        next(r.payload["data"] for r in receiver.got("/alpha") if r.payload["data"]["status"] == s)
+        for s in ("sent", "delivered")
+    )
+    assert sent["updatedAt"] <= delivered["updatedAt"]
