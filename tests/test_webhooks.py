@@ -402,3 +402,25 @@ async def test_each_status_of_one_batch_is_an_event(
         for s in ("sent", "delivered")
     )
     assert sent["updatedAt"] <= delivered["updatedAt"]
+
+
+async def test_reconciliation_not_sent_is_an_event(
+    hooked, client_for, receiver, fake_plivo, store_url
+):
+    """The reconciler's own status write is an event too: a dropped send (`unknown`) that
+    Plivo never had becomes `not_sent` at the give-up time."""
+    fake_plivo.script(fp.drop())
+    settings = hooked(
+        database_url=store_url,
+        reconcile_after_seconds=0,
+        reconcile_rate=50,
+        reconcile_give_up_hours=1 / 3600,
+        webhooks=hooks(receiver, alpha="/alpha"),
+    )
+    async with client_for(settings) as client:
+        assert (await client.post("/api/mms/send", json=VALID, headers=A)).status_code == 502
+        await until(lambda: "not_sent" in statuses(receiver, "/alpha"), timeout=30)
+    assert sorted(statuses(receiver, "/alpha")) == ["not_sent", "unknown"]
+    not_sent = next(r for r in receiver.got() if r.payload["data"]["status"] == "not_sent")
+    assert not_sent.payload["data"]["messageUuid"] is None
+    assert not_sent.error is None
