@@ -378,6 +378,50 @@ def test_event_committed_before_a_kill_is_delivered_after_restart(tmp_path, fake
     assert got[0].error is None
 
 
+def test_sigterm_lets_an_attempt_in_flight_finish(tmp_path, fake_plivo):
+    """SIGTERM while an attempt waits for a slow endpoint: no new claims, the attempt
+    completes within the grace period, the delivery is recorded, the process exits 0."""
+    receiver = Receiver().start()
+    receiver.hanging = True
+    url = f"sqlite+aiosqlite:///{tmp_path}/mms.db"
+    env = base_env(
+        fake_plivo.url,
+        DATABASE_URL=url,
+        WEBHOOKS=f"*={receiver.url('/hook')}",
+        WEBHOOK_SECRET=SECRET,
+    )
+    server = Server(env, tmp_path / "server.log").wait_healthy()
+    try:
+        assert httpx.post(f"{server.url}/api/mms/send", json=VALID, timeout=30).status_code == 200
+        deadline = time.monotonic() + 30
+        while not receiver.got() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert receiver.got(), server.logs()
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert server.proc.poll() is None  # still waiting for the attempt in flight
+        receiver.unhang()
+        code = server.terminate(timeout=30)
+    finally:
+        server.kill()
+        receiver.stop()
+    assert code == 0, server.logs()
+
+    async def rows():
+        db = Database(url)
+        await db.start()
+        try:
+            async with db.read() as conn:
+                return [dict(r._mapping) for r in await conn.execute(select(webhook_deliveries))]
+        finally:
+            await db.close()
+
+    [row] = asyncio.run(rows())
+    assert row["status"] == "delivered" and row["attempts"] == 1
+    assert len(receiver.got()) == 1
+    assert "webhook_delivered" in server.logs()
+
+
 # Two replicas on one PostgreSQL -----------------------------------------------------------------
 async def test_two_replicas_deliver_each_event_once(
     settings_factory, client_for, receiver, fake_plivo, postgres_url
