@@ -141,9 +141,14 @@ def main(argv: list[str]) -> int:
         from app.optouts.cli import run
 
         return asyncio.run(run(argv[1:], settings))
+    if argv[:1] == ["webhooks"]:
+        from app.webhooks.cli import run as run_webhooks
+
+        return asyncio.run(run_webhooks(argv[1:], settings))
     if argv[:1] not in ([], ["serve"]):
         print(
-            f"usage: python -m app [serve|migrate|optouts list|optouts remove +1…]; "
+            f"usage: python -m app [serve|migrate|optouts list|optouts remove +1…|"
+            f"webhooks list|webhooks retry <id>]; "
             f"unknown {argv[0]!r}",
             file=sys.stderr,
         )

@@ -11,10 +11,10 @@ import hmac
 
 from fastapi.security import APIKeyHeader, HTTPBearer
 
-from app.config import ApiKey
+from app.config import ANONYMOUS_CALLER, ApiKey
 from app.errors import Unauthorized
 
-ANONYMOUS = "anonymous"  # the caller name when API_KEYS is empty (auth off)
+ANONYMOUS = ANONYMOUS_CALLER  # the caller name when API_KEYS is empty (auth off)
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="mms-gateway"'}
 
 bearer_scheme = HTTPBearer(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import ipaddress
@@ -98,6 +99,59 @@ def _check_limit(value: str) -> str:
     except ValueError:
         raise ValueError("must look like `100/minute` (limits syntax)") from None
     return value
+
+
+@dataclass(frozen=True)
+class WebhookEndpoint:
+    """One `name=url` entry of WEBHOOKS: `name` is an API key's name, or `*` for every
+    key's events plus inbound messages and opt-out changes."""
+
+    name: str
+    url: str
+
+
+ALL_EVENTS = "*"
+ANONYMOUS_CALLER = "anonymous"  # the caller name when API_KEYS is empty (auth off)
+WEBHOOK_SECRET_PREFIX = "whsec_"
+MIN_WEBHOOK_SECRET_BYTES = 24
+
+
+def parse_webhooks(raw: str) -> tuple[WebhookEndpoint, ...]:
+    """`name=url,...` (a URL holding a comma percent-encodes it); one URL per name."""
+    endpoints: list[WebhookEndpoint] = []
+    for entry in (part.strip() for part in raw.split(",")):
+        if not entry:
+            continue
+        name, sep, url = (part.strip() for part in entry.partition("="))
+        if not sep or not name or not url:
+            raise ValueError("each entry must be `name=url` (name: an API key's name or `*`)")
+        if name != ALL_EVENTS and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
+            raise ValueError(f"{name[:64]!r} is not an API key name or `*`")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"the URL of {name!r} must be an absolute http(s) URL")
+        if parts.username is not None or parts.fragment:
+            raise ValueError(f"the URL of {name!r} must not carry credentials or a fragment")
+        if any(e.name == name for e in endpoints):
+            raise ValueError(f"{name!r} is named twice (one URL per name)")
+        endpoints.append(WebhookEndpoint(name, url))
+    return tuple(endpoints)
+
+
+def check_webhook_secret(secret: str) -> None:
+    """`whsec_` + base64 of at least 24 random bytes (what Standard Webhooks tools make)."""
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+        raise ValueError(f"must start with {WEBHOOK_SECRET_PREFIX} (Standard Webhooks format)")
+    encoded = secret[len(WEBHOOK_SECRET_PREFIX) :]
+    try:
+        raw = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except ValueError:
+        raise ValueError(f"must be {WEBHOOK_SECRET_PREFIX} followed by base64") from None
+    if len(raw) < MIN_WEBHOOK_SECRET_BYTES:
+        raise ValueError(
+            f"must hold at least {MIN_WEBHOOK_SECRET_BYTES} random bytes (base64 of "
+            f"{MIN_WEBHOOK_SECRET_BYTES}: 32 characters after {WEBHOOK_SECRET_PREFIX})"
+        )
 
 
 class Settings(BaseSettings):
@@ -321,13 +375,31 @@ class Settings(BaseSettings):
         "they resolve to private addresses (an internal CDN); the other rules still apply.",
     )
 
+    webhooks: Annotated[tuple[WebhookEndpoint, ...], NoDecode] = Field(
+        (),
+        description="Caller webhooks (docs/webhooks.md): comma-separated `name=url`, `name` "
+        "an API key's name (that key's message statuses) or `*` (every key's, plus inbound "
+        "messages and opt-out changes); a URL holding a comma percent-encodes it. "
+        "`http://` is allowed (internal networks) and warned about in production.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="Standard Webhooks signing secret: `whsec_` + base64 of at least 24 "
+        "random bytes; required when WEBHOOKS is set.",
+    )
+
     @field_validator("log_level", "app_env", "log_format", mode="before")
     @classmethod
     def _lowercase(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator(
-        "plivo_auth_id", "plivo_auth_token", "plivo_sender_number", "metrics_token", mode="before"
+        "plivo_auth_id",
+        "plivo_auth_token",
+        "plivo_sender_number",
+        "metrics_token",
+        "webhook_secret",
+        mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
@@ -369,6 +441,19 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_keys(cls, value: Any) -> Any:
         return parse_api_keys(value) if isinstance(value, str) else value
+
+    @field_validator("webhooks", mode="before")
+    @classmethod
+    def _parse_webhooks(cls, value: Any) -> Any:
+        return parse_webhooks(value) if isinstance(value, str) else value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_webhook_secret(value.get_secret_value().strip())
+            return SecretStr(value.get_secret_value().strip())
+        return value
 
     @field_validator("media_allow_hosts", mode="before")
     @classmethod
@@ -473,7 +558,24 @@ class Settings(BaseSettings):
                     "PLIVO_API_URL: must be https:// when APP_ENV=production (the credentials "
                     "go with every request); http:// only to a loopback host"
                 )
+        self._webhook_rules()
         return self
+
+    def _webhook_rules(self) -> None:
+        if not self.webhooks:
+            return
+        known = {key.name for key in self.api_keys} or {ANONYMOUS_CALLER}
+        for endpoint in self.webhooks:
+            if endpoint.name != ALL_EVENTS and endpoint.name not in known:
+                raise ConfigError(
+                    f"WEBHOOKS: {endpoint.name!r} is not the name of a key in API_KEYS "
+                    "(use a key's name, or * for every key)"
+                )
+        if self.webhook_secret is None:
+            raise ConfigError(
+                "WEBHOOK_SECRET: required when WEBHOOKS is set (whsec_ + base64 of at least "
+                f"{MIN_WEBHOOK_SECRET_BYTES} random bytes)"
+            )
 
     def startup_warnings(self) -> list[str]:
         """Risky but legitimate settings, logged loudly at startup (see docs/security.md)."""
@@ -493,6 +595,14 @@ class Settings(BaseSettings):
                 "MEDIA_ALLOW_PRIVATE is on: media preflight may fetch loopback and private "
                 "addresses for any caller (for tests only; refused in production)"
             )
+        if self.is_production:
+            for endpoint in self.webhooks:
+                if urlsplit(endpoint.url).scheme == "http":
+                    warnings.append(
+                        f"WEBHOOKS: the endpoint {endpoint.name!r} is http://: its events "
+                        "(numbers, statuses, inbound text) cross the network in clear; use "
+                        "https:// unless the network is private"
+                    )
         if self.plivo_auth_id is not None and self.plivo_api_url_in_clear:
             warnings.append(  # development only: production refuses it
                 "PLIVO_API_URL is http:// to a host that is not loopback: the Plivo "
@@ -550,6 +660,9 @@ class Settings(BaseSettings):
         values += [k.secret for k in self.api_keys]
         if self.metrics_token:
             values.append(self.metrics_token.get_secret_value())
+        if self.webhook_secret:
+            secret = self.webhook_secret.get_secret_value()
+            values += [secret, secret.removeprefix(WEBHOOK_SECRET_PREFIX)]
         return [v for v in values if len(v) >= 4]
 
 

@@ -25,6 +25,7 @@ from app.store.db import Database
 if TYPE_CHECKING:  # only for the annotations: the metrics and the reconciler import no route
     from app.metrics import Metrics
     from app.reconcile import Reconciler
+    from app.webhooks.delivery import WebhookDelivery
 
 
 @dataclass(slots=True)
@@ -38,6 +39,7 @@ class Services:
     db: Database
     sender: Sender
     reconciler: Reconciler
+    webhooks: WebhookDelivery | None = None  # None: WEBHOOKS is empty
     pacer: Pacer | None = None  # None: SEND_RATE=0, pacing off
     preflight: Preflight | None = None  # None: MEDIA_PREFLIGHT off
     draining: bool = False  # set on SIGTERM and at shutdown: /ready answers 503

@@ -138,6 +138,14 @@ class IdempotencyInProgress(AppError):
     retryable = True
 
 
+class DeliveryNotFailed(AppError):
+    """A webhook delivery is re-queued only once it has `failed`."""
+
+    status = 409
+    code = "delivery_not_failed"
+    title = "Only a failed webhook delivery can be retried"
+
+
 class MediaRejected(AppError):
     """A media URL failed preflight (unreachable, wrong type, too large...): refused before
     Plivo, nothing stored, nothing counted. `errors` has one entry per failing URL."""

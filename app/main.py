@@ -43,6 +43,9 @@ from app.ratelimit import ClientRateLimitMiddleware, Limits, LimitStore
 from app.reconcile import LOOKUP_TIMEOUT_SECONDS, Reconciler
 from app.retention import retention_loop
 from app.store.db import Database, StoreUnavailable
+from app.webhooks.delivery import ATTEMPT_TIMEOUT_SECONDS, WebhookDelivery
+from app.webhooks.events import targets_for
+from app.webhooks.router import router as webhooks_router
 
 log = get_logger("app.main")
 
@@ -148,6 +151,14 @@ async def _lifespan(app: FastAPI, built: _Built) -> AsyncIterator[LifespanState]
     reconciler = Reconciler(db, client, settings)
     reconciler.on_lookup = metrics.reconcile_lookup
     reconciler.on_backlog = metrics.set_reconcile_backlog
+    webhooks = None
+    if settings.webhooks:
+        webhooks = WebhookDelivery(db, settings)
+        webhooks.on_attempt = metrics.webhook_attempt
+        webhooks.on_backlog = metrics.set_webhook_backlog
+        metrics.webhook_endpoints([endpoint.name for endpoint in settings.webhooks])
+        # Every write that causes an event inserts it; the local worker wakes at once.
+        db.webhooks = targets_for(settings, on_event=webhooks.wake)
     services = Services(
         settings=settings,
         auth=built.auth,
@@ -156,10 +167,13 @@ async def _lifespan(app: FastAPI, built: _Built) -> AsyncIterator[LifespanState]
         db=db,
         sender=sender,
         reconciler=reconciler,
+        webhooks=webhooks,
         pacer=pacer,
         preflight=preflight,
     )
     reconciler.start()
+    if webhooks is not None:
+        webhooks.start()
     stopping = asyncio.Event()
     retention = asyncio.create_task(retention_loop(db, settings.retention_days, stopping))
     _drain_on_sigterm(services)
@@ -186,6 +200,10 @@ async def _lifespan(app: FastAPI, built: _Built) -> AsyncIterator[LifespanState]
         services.draining = True
         stopping.set()
         await reconciler.stop(grace_seconds=LOOKUP_TIMEOUT_SECONDS)
+        if webhooks is not None:  # attempts in flight finish (10 s at most) or are retried
+            await webhooks.stop(
+                grace_seconds=min(settings.shutdown_grace_seconds, ATTEMPT_TIMEOUT_SECONDS)
+            )
         await retention
         await client.aclose()  # the sandbox lets its simulated deliveries finish
         if pacer is not None:
@@ -256,7 +274,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(DBAPIError, _on_store_unavailable)
     # Callbacks first: for a method not allowed on /api/mms/status, Starlette's 405 names
     # the first route whose path matches — it must be POST /status, not GET /{messageUuid}.
-    for router in (callbacks_router, inbound_router, mms_router, optouts_router, health.router):
+    for router in (
+        callbacks_router,
+        inbound_router,
+        mms_router,
+        optouts_router,
+        webhooks_router,
+        health.router,
+    ):
         # The routes themselves, not include_router(): FastAPI 0.165 keeps an included
         # router as a nested matcher, and walking it cost ~60 µs per request here.
         app.router.routes.extend(_bound_to(app, route) for route in router.routes)

@@ -173,6 +173,34 @@ class Metrics:
             ("result",),
             registry=r,
         )
+        # Webhook deliveries. The endpoint label is a WEBHOOKS name: the operator's fixed set.
+        self.webhook_attempts = Counter(
+            "mms_webhook_deliveries",
+            "Webhook delivery attempts by endpoint name and outcome (delivered: a 2xx; "
+            "retry: it failed and is due again; failed: its last attempt failed)",
+            ("endpoint", "outcome"),
+            registry=r,
+        )
+        self.webhook_duration = Histogram(
+            "mms_webhook_attempt_duration_seconds",
+            "Webhook attempt latency by endpoint name (10 s at most per attempt)",
+            ("endpoint",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        # Like the reconciliation backlog: every worker counts the same shared table.
+        self.webhook_pending = Gauge(
+            "mms_webhook_pending",
+            "Webhook deliveries not yet delivered or failed",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.webhook_oldest_pending = Gauge(
+            "mms_webhook_oldest_pending_age_seconds",
+            "Age of the oldest pending webhook delivery (0 when none)",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.store_batch_size = Histogram(
             "mms_store_batch_size",
             "Writes committed together by the group-commit writer",
@@ -387,6 +415,24 @@ class Metrics:
 
     def set_reconcile_backlog(self, value: int) -> None:
         self.reconcile_backlog.set(value)
+
+    def webhook_endpoints(self, names: list[str]) -> None:
+        """Every configured endpoint's series exist from the start (at 0)."""
+        for name in names:
+            for outcome in ("delivered", "retry", "failed"):
+                self.webhook_attempts.labels(name, outcome).inc(0)
+            self.webhook_duration.labels(name)
+        self.webhook_pending.set(0)
+        self.webhook_oldest_pending.set(0)
+
+    def webhook_attempt(self, endpoint: str, outcome: str, seconds: float | None) -> None:
+        self.webhook_attempts.labels(endpoint, outcome).inc()
+        if seconds is not None:
+            self.webhook_duration.labels(endpoint).observe(seconds)
+
+    def set_webhook_backlog(self, pending: int, oldest_age_seconds: float) -> None:
+        self.webhook_pending.set(pending)
+        self.webhook_oldest_pending.set(oldest_age_seconds)
 
     def store_batch(self, size: int, seconds: float) -> None:
         self.store_batch_size.observe(size)

@@ -109,6 +109,7 @@ class Reconciler(ClaimingWorker):
             settle_unknown=settle_unknown,
             next_check_at=now_ms() + min(base * 2 ** row["checks"], MAX_INTERVAL_MS),
             now=now_ms(),
+            targets=self.db.webhooks,
         )
         end = await self.db.write(FunctionOp(finish))
         if end in ("settled", "not_sent"):

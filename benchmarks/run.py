@@ -8,7 +8,8 @@
    preflight-cold  scenario 1's load on our service alone, every send a new media URL (a
                    media preflight cache miss each) against runs with one cached URL
 2. concurrency     upstream 100 ms, 200 connections (ceiling: 100 in flight / 0.1 s)
-3. callbacks       unique, validly signed callbacks into SQLite and PostgreSQL (no peer feature)
+3. callbacks       unique, validly signed callbacks into SQLite and PostgreSQL (no peer feature),
+                   each status change delivered as a webhook to a local receiver
 4. coldstart       seconds from exec to the first 200 on /health (RSS comes from scenario 2)
 5. features        instructions per send with each feature switched off (callgrind)
 
@@ -376,39 +377,65 @@ def _seed_messages(url: str, count: int) -> list[str]:
         db = Database(url)
         await db.start()
         now = now_ms()
-        await asyncio.gather(
-            *(
-                db.write(
-                    RecordMessage(
-                        {
-                            "id": os.urandom(16).hex(),
-                            "caller": "bench",
-                            "message_uuid": u,
-                            "api_id": None,
-                            "to_number": "+14155550100",
-                            "from_number": "+14155550000",
-                            "media_count": 1,
-                            "text": None,
-                            "status": "queued",
-                            "status_rank": 1,
-                            "error_code": None,
-                            "idempotency_key": None,
-                            "request_id": None,
-                            "created_at": now,
-                            "updated_at": now,
-                            "next_check_at": now + 86_400_000,
-                            "checks": 0,
-                            "claimed_until": None,
-                        }
+        for start in range(0, len(uuids), 2000):  # each chunk commits well within the timeout
+            await asyncio.gather(
+                *(
+                    db.write(
+                        RecordMessage(
+                            {
+                                "id": os.urandom(16).hex(),
+                                "caller": "bench",
+                                "message_uuid": u,
+                                "api_id": None,
+                                "to_number": "+14155550100",
+                                "from_number": "+14155550000",
+                                "media_count": 1,
+                                "text": None,
+                                "status": "queued",
+                                "status_rank": 1,
+                                "error_code": None,
+                                "idempotency_key": None,
+                                "request_id": None,
+                                "created_at": now,
+                                "updated_at": now,
+                                "next_check_at": now + 86_400_000,
+                                "checks": 0,
+                                "claimed_until": None,
+                            }
+                        )
                     )
+                    for u in uuids[start : start + 2000]
                 )
-                for u in uuids
             )
-        )
         await db.close()
 
     asyncio.run(seed())
     return uuids
+
+
+HOOK_PORT = 8791
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+CALLBACK_MESSAGES = 30_000  # callbacks alternate sent/delivered per pass over these
+WARMUP_MESSAGES = 5_000
+
+
+def _hook_stats() -> dict[str, Any]:
+    import httpx
+
+    return dict(httpx.get(f"http://127.0.0.1:{HOOK_PORT}/stats", timeout=5).json())
+
+
+def _drain_webhooks(quiet_seconds: float = 2.0, limit: float = 180.0) -> dict[str, Any]:
+    """Wait until deliveries stop arriving (the backlog is delivered), up to `limit`."""
+    deadline = time.monotonic() + limit
+    stats = _hook_stats()
+    while time.monotonic() < deadline:
+        time.sleep(quiet_seconds)
+        again = _hook_stats()
+        if again["count"] == stats["count"]:
+            return again
+        stats = again
+    return stats
 
 
 def callbacks(workdir: Path, media: MediaServer, store: str, duration: int) -> dict[str, Any]:
@@ -419,11 +446,24 @@ def callbacks(workdir: Path, media: MediaServer, store: str, duration: int) -> d
         role = "bench_" + os.urandom(4).hex()
         _psql(f"CREATE ROLE {role} LOGIN; CREATE SCHEMA {role} AUTHORIZATION {role};")
         url = f"postgresql+asyncpg://{role}@127.0.0.1:5432/test"
+    # One webhook endpoint for the messages' key: every status change is an event,
+    # delivered to a receiver answering 200 (on CPU 1, with wrk).
+    receiver = subprocess.Popen(
+        ["taskset", "-c", "1", PYTHON, str(HERE / "webhook_receiver.py"), "--port", str(HOOK_PORT)],
+        stdout=subprocess.DEVNULL,
+    )
     try:
-        uuids = _seed_messages(url, 5000)
+        uuids = _seed_messages(url, CALLBACK_MESSAGES + WARMUP_MESSAGES)
         requests_file = workdir / "callbacks.tsv"
-        _signed_callbacks(requests_file, uuids, 120_000)
+        _signed_callbacks(requests_file, uuids[:CALLBACK_MESSAGES], 120_000)
+        # The warm-up's callbacks are for messages of their own: the measured run's are
+        # then all new (no replay of a warm-up nonce), and each of the first
+        # 2 x CALLBACK_MESSAGES changes a status (an event).
+        warmup_file = workdir / "callbacks-warmup.tsv"
+        _signed_callbacks(warmup_file, uuids[CALLBACK_MESSAGES:], 20_000)
         env = {
+            "WEBHOOKS": f"bench=http://127.0.0.1:{HOOK_PORT}/hook",
+            "WEBHOOK_SECRET": WEBHOOK_SECRET,
             **SERVICE_ENV,
             **media.env,
             "DATABASE_URL": url,
@@ -435,17 +475,42 @@ def callbacks(workdir: Path, media: MediaServer, store: str, duration: int) -> d
         proc = start_service(env, workdir / f"callbacks-{store}.log")
         try:
             wait_http(f"http://127.0.0.1:{PORT}/health")
-            _wrk_callbacks(requests_file, 3, 50)  # warm-up (imports the plivo SDK, etc.)
+            _wrk_callbacks(warmup_file, 3, 50)  # warm-up (imports the plivo SDK, etc.)
+            _drain_webhooks()
+            import httpx
+
+            httpx.post(f"http://127.0.0.1:{HOOK_PORT}/reset", timeout=5)
             cpu = cpu_seconds(proc.pid)
+            started = time.time()
             result = _wrk_callbacks(requests_file, duration, 50)
             result["svc_cpu_ms_per_req"] = round(
                 (cpu_seconds(proc.pid) - cpu) * 1000 / max(1, result["requests"]), 3
             )
+            at_end = _hook_stats()["count"]
+            hooks = _drain_webhooks()
         finally:
             stop(proc)
         result["store"] = store
+        # Deliveries/s: every event of the run (it started with an empty receiver) over the
+        # time until the last one arrived; the lag runs from the callback's arrival at the
+        # service (the event's timestamp) to the delivery's arrival at the receiver.
+        span = max(1e-3, hooks["last_at"] - started)
+        result["webhooks"] = {
+            "deliveries": hooks["count"],
+            "deliveries_per_s": round(hooks["count"] / span, 1),
+            "delivered_during_load": at_end,
+            "drained_after_load_s": round(max(0.0, hooks["last_at"] - started - duration), 1),
+            # The backlog's pace once the callbacks stop: the worker with the core to itself.
+            "deliveries_per_s_after_load": round(
+                (hooks["count"] - at_end) / max(1e-3, hooks["last_at"] - started - duration), 1
+            ),
+            "lag_p50_ms": hooks["p50_ms"],
+            "lag_p99_ms": hooks["p99_ms"],
+        }
         return result
     finally:
+        receiver.terminate()
+        receiver.wait(10)
         if role:
             _psql(
                 f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename='{role}';"
@@ -610,6 +675,16 @@ def report(results: dict[str, Any]) -> str:
             f"| 3. callbacks into {c['store']} | — | {c['rps']:.0f}/s (p99 {c['p99_ms']}"
             f" ms, {c['non2xx']} non-2xx) | | ≥ 2,000/s on SQLite |"
         )
+        hooks = c.get("webhooks")
+        if hooks:
+            lines.append(
+                f"| 3. webhook deliveries ({c['store']}, one endpoint) | — | "
+                f"{hooks['deliveries_per_s']:.0f}/s ({hooks['deliveries']} events, "
+                f"{hooks['delivered_during_load']} during the load, the rest at "
+                f"{hooks['deliveries_per_s_after_load']:.0f}/s after it; lag callback → "
+                f"delivery p50 {hooks['lag_p50_ms']} ms, p99 {hooks['lag_p99_ms']} ms) | | "
+                "reported |"
+            )
     if "coldstart" in results:
         cs = results["coldstart"]
         lines.append(

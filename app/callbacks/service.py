@@ -54,6 +54,7 @@ async def record_status(
         plivo_time=plivo_time,
         nonces=tuple(dict.fromkeys(nonce_key(n) for n in nonces)),
         to_number=to_number,
+        targets=db.webhooks,
     )
     fresh: bool = await db.write(op)
     if op.listed:

@@ -99,18 +99,21 @@ async def receive(
         raise StoreUnavailable("records of accepted sends are waiting for the store")
     text = form.text
     action = meaning(text, form.MessageIntent)
+    # NUL is the one character PostgreSQL's text refuses: never a failed write.
+    clean = text.replace("\x00", "\ufffd") if text else None
     outcome: InboundOutcome = await db.write(
         RecordInbound(
             message_uuid=form.MessageUUID,
             from_number=form.From,
             to_number=form.To,
             type=form.Type,
-            # NUL is the one character PostgreSQL's text refuses: never a failed write.
-            text=text.replace("\x00", "\ufffd") if text and settings.store_message_text else None,
+            text=clean if settings.store_message_text else None,
             media_urls=form.media,
             intent=form.MessageIntent,
             action=action,
             nonces=tuple(dict.fromkeys(nonce_key(n) for n in nonces)),
+            webhook_text=clean,
+            targets=db.webhooks,
         )
     )
     if outcome.changed is not None:

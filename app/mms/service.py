@@ -271,7 +271,12 @@ async def _record(
         if key is not None
         else None
     )
-    op = RecordMessage(row, idempotency=completion, existing=key is not None)
+    op = RecordMessage(
+        row,
+        idempotency=completion,
+        existing=key is not None,
+        targets=db.webhooks,
+    )
     try:
         # A keyed send's row was inserted when the key was taken: it is updated. Kept in
         # memory if the store fails now: Plivo has the message, so the record must not be

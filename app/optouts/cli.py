@@ -17,6 +17,7 @@ from app.phone import canonical_problem
 from app.store import optouts
 from app.store.db import Database, FunctionOp
 from app.store.repository import now_ms
+from app.webhooks.events import targets_for
 
 log = get_logger("app.optouts")
 USAGE = "usage: python -m app optouts list | python -m app optouts remove +1…"
@@ -69,6 +70,7 @@ async def remove(settings: Settings, number: str) -> int:
     user = operator()
     source = f"cli:{user}"
     db = Database(settings.database_url)
+    db.webhooks = targets_for(settings)  # the `*` endpoint hears of it
     await db.start()
     try:
         at = now_ms()
@@ -81,6 +83,7 @@ async def remove(settings: Settings, number: str) -> int:
                 source=source,
                 at=at,
                 reference=user,
+                targets=db.webhooks,
             )
 
         changed = await db.write(FunctionOp(take_off))

@@ -154,7 +154,12 @@ async def add_optout(request: Request, caller: CallerDep, services: ServicesDep)
     body = await _read_body(request)
     source = f"api:{caller}"
     add = functools.partial(
-        optouts.change, number=body.number, action="optout", source=source, at=now_ms()
+        optouts.change,
+        number=body.number,
+        action="optout",
+        source=source,
+        at=now_ms(),
+        targets=services.db.webhooks,
     )
     changed = await services.db.write(FunctionOp(lambda conn: add(conn, reference=caller)))
     if changed:

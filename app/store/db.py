@@ -21,7 +21,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from sqlalchemy import delete, event, text
 from sqlalchemy import exc as sa_exc
@@ -31,6 +31,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from app.logging import get_logger
 from app.store.migrate import migrate
 from app.store.tables import callback_nonces
+
+if TYPE_CHECKING:
+    from app.store.webhooks import Targets
 
 log = get_logger("app.store")
 T = TypeVar("T")
@@ -402,6 +405,11 @@ class Database:
         self.writer = GroupCommitWriter(
             self.engine, on_batch=on_batch, check=self.check_file, on_health=on_health
         )
+        # Which webhook endpoints get events (set at startup from WEBHOOKS): every write
+        # that causes an event takes it from here.
+        from app.store.webhooks import NO_TARGETS  # (it builds on this module's ops)
+
+        self.webhooks: Targets = NO_TARGETS
 
     async def start(self) -> None:
         await migrate(self.engine, sqlite_path=self.sqlite_path)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.store import optouts
+from app.store import optouts, webhooks
 from app.store.repository import insert_ignore, now_ms, record_nonces
 from app.store.tables import inbound_messages
 
@@ -38,6 +38,9 @@ class RecordInbound:
     action: optouts.Action | None
     nonces: tuple[str, ...] = ()
     received_at: int = field(default_factory=now_ms)
+    # The text for the `message.inbound` webhook (kept apart: erased once delivered).
+    webhook_text: str | None = field(default=None, repr=False)
+    targets: webhooks.Targets = webhooks.NO_TARGETS
 
     async def run(self, conn: AsyncConnection) -> InboundOutcome:
         if self.nonces and not await record_nonces(conn, self.nonces):
@@ -58,6 +61,8 @@ class RecordInbound:
         )
         if stored.first() is None:  # Plivo delivered this message before
             return InboundOutcome(fresh=False)
+        if self.targets.everything:
+            await webhooks.add_events(conn, self.targets, [self._event()])
         changed = self.action is not None and await optouts.change(
             conn,
             number=self.from_number,
@@ -65,5 +70,21 @@ class RecordInbound:
             source=INBOUND_SOURCE,
             at=self.received_at,
             reference=self.message_uuid,
+            targets=self.targets,
         )
         return InboundOutcome(fresh=True, changed=self.action if changed else None)
+
+    def _event(self) -> webhooks.Event:
+        data = {
+            "messageUuid": self.message_uuid,
+            "from": self.from_number,
+            "to": self.to_number,
+            "type": self.type,
+            "text": None,  # filled in at each attempt from the delivery's own text column
+            "media": self.media_urls,
+            "intent": self.intent,
+            "receivedAt": webhooks.iso(self.received_at),
+        }
+        return webhooks.Event(
+            type=webhooks.MESSAGE_INBOUND, at=self.received_at, data=data, text=self.webhook_text
+        )

@@ -18,6 +18,7 @@ from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.store import webhooks
 from app.store.db import Database, StoreUnavailable
 from app.store.tables import optout_history, optouts
 
@@ -78,8 +79,10 @@ async def change(
     source: str,
     at: int,
     reference: str | None = None,
+    targets: webhooks.Targets = webhooks.NO_TARGETS,
 ) -> bool:
-    """Put `number` on the list (optout) or take it off (optin); True when it changed."""
+    """Put `number` on the list (optout) or take it off (optin); True when it changed
+    (then an `optout.changed` webhook event goes to the `*` endpoint, if any)."""
     values = {"opted_out": action == "optout", "since": at, "source": source[:80]}
     if action == "optout":
         module = postgresql if conn.dialect.name == "postgresql" else sqlite
@@ -111,6 +114,16 @@ async def change(
             reference=reference[:255] if reference else None,
         )
     )
+    if targets.everything:
+        data = {
+            "number": number,
+            "optedOut": action == "optout",
+            "source": source[:80],
+            "at": webhooks.iso(at),
+        }
+        await webhooks.add_events(
+            conn, targets, [webhooks.Event(type=webhooks.OPTOUT_CHANGED, at=at, data=data)]
+        )
     return True
 
 

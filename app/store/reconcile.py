@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.status import FINAL_RANK, MessageStatus
-from app.store import claims
+from app.store import claims, webhooks
 from app.store.tables import messages
 
 # What finishing a check did: the message is final (nothing more to do), was settled as
@@ -77,17 +77,15 @@ async def finish_check(
     settle_unknown: bool,
     next_check_at: int,
     now: int,
+    targets: webhooks.Targets = webhooks.NO_TARGETS,
 ) -> CheckEnd:
     """Release the claim and decide the next check: none once the status is final or the
     message is given up on (an unknown outcome only when `settle_unknown`: Plivo answered
     it has no such message), else at `next_check_at`."""
-    current = (
-        await conn.execute(
-            select(messages.c.status_rank, messages.c.message_uuid).where(
-                messages.c.id == message_id
-            )
-        )
-    ).first()
+    query = select(messages).where(messages.c.id == message_id)
+    if targets.active:  # what changes here is a webhook event: the row stays as read
+        query = query.with_for_update()
+    current = (await conn.execute(query)).first()
     values: dict[str, Any] = {"claimed_until": None, "checks": checks + 1}
     end: CheckEnd
     if current is None or current.status_rank >= FINAL_RANK:
@@ -104,4 +102,7 @@ async def finish_check(
         values["next_check_at"] = next_check_at
         end = "rescheduled"
     await conn.execute(update(messages).where(messages.c.id == message_id).values(**values))
+    if end == "not_sent" and current is not None and targets.active:
+        row = {**current._mapping, **values}
+        await webhooks.add_events(conn, targets, webhooks.status_events(targets, [row]))
     return end

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.logging import get_logger
 from app.status import FINAL_RANK, STATUS_RANK
-from app.store import optouts
+from app.store import optouts, webhooks
 from app.store.db import BatchedOp
 from app.store.tables import (
     callback_nonces,
@@ -37,6 +37,7 @@ from app.store.tables import (
     idempotency_keys,
     inbound_messages,
     messages,
+    webhook_deliveries,
 )
 
 log = get_logger("app.store")
@@ -117,6 +118,7 @@ async def _list_blocked(conn: AsyncConnection, ops: Sequence[Any]) -> None:
                 source=OPTOUT_SOURCE_ERROR_200,
                 at=op.received_at,
                 reference=op.message_uuid,
+                targets=op.targets,
             )
 
 
@@ -146,15 +148,32 @@ def _advance_params(uuid: str, status: str, error: str | None, at: int) -> dict[
     return {"b_uuid": uuid, "b_rank": rank, "b_status": status, "b_error": error, "b_at": at}
 
 
-async def _apply_events(conn: AsyncConnection, rows: Sequence[Any]) -> None:
-    """Apply events in Plivo's Sequence order (then arrival): the first final one wins."""
+async def _apply_events(
+    conn: AsyncConnection, rows: Sequence[Any], targets: webhooks.Targets = webhooks.NO_TARGETS
+) -> None:
+    """Apply events in Plivo's Sequence order (then arrival): the first final one wins.
+    Every status a message takes on the way is a `message.status` webhook event."""
     params = [
         p
         for r in sorted(rows, key=lambda r: (r.sequence, r.received_at))
         if (p := _advance_params(r.message_uuid, r.status, r.error_code, r.received_at))
     ]
-    if params:
-        await conn.execute(_advance, params)
+    if not params:
+        return
+    changed: list[dict[str, Any]] = []
+    if targets.active:
+        # Locked, then advanced in Python exactly as the statement below advances them.
+        locked = await webhooks.lock_messages(conn, uuids=list({p["b_uuid"] for p in params}))
+        state = {row["message_uuid"]: row for row in locked if targets.wants(row["caller"])}
+        for p in params:
+            row = state.get(p["b_uuid"])
+            after = row and webhooks.advanced(row, p["b_status"], p["b_error"], p["b_at"])
+            if after:
+                state[p["b_uuid"]] = after
+                changed.append(after)
+    await conn.execute(_advance, params)
+    if changed:
+        await webhooks.add_events(conn, targets, webhooks.status_events(targets, changed))
 
 
 # Write ops -----------------------------------------------------------------------------------
@@ -217,10 +236,19 @@ class RecordMessage(BatchedOp):
     row: dict[str, Any]
     idempotency: dict[str, Any] | None = None
     existing: bool = False
+    targets: webhooks.Targets = webhooks.NO_TARGETS
 
     @classmethod
     async def run_many(cls, conn: AsyncConnection, ops: Sequence[Any]) -> list[Any]:
         await _drop_repeated_uuids(conn, ops)
+        targets: webhooks.Targets = ops[0].targets
+        hooked = [op for op in ops if targets.wants(op.row["caller"])]
+        before: dict[str, dict[str, Any]] = {}
+        if any(op.existing for op in hooked):
+            locked = await webhooks.lock_messages(
+                conn, ids=[op.row["id"] for op in hooked if op.existing]
+            )
+            before = {row["id"]: row for row in locked}
         new = [op.row for op in ops if not op.existing]
         if new:
             await conn.execute(messages.insert(), new)
@@ -241,11 +269,35 @@ class RecordMessage(BatchedOp):
         done = [op.idempotency for op in ops if op.idempotency]
         if done:
             await conn.execute(_complete_idempotency, done)
+        if hooked:
+            recorded = [_as_recorded(op, before.get(op.row["id"])) for op in hooked]
+            rows = [row for row in recorded if row is not None]
+            await webhooks.add_events(conn, targets, webhooks.status_events(targets, rows))
         uuids = [op.row["message_uuid"] for op in ops if op.row.get("message_uuid")]
         if uuids:
             early = await conn.execute(select(events).where(events.c.message_uuid.in_(uuids)))
-            await _apply_events(conn, early.all())
+            await _apply_events(conn, early.all(), targets)
         return [None] * len(ops)
+
+
+def _as_recorded(op: RecordMessage, before: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The message as the send's record left it (what `_finish_message` does to a row
+    inserted when its Idempotency-Key was taken), or None when it did not change it."""
+    row = op.row
+    if not op.existing:
+        return row
+    if before is None:
+        return None  # no such row any more: the update changed nothing
+    if before["status_rank"] > row["status_rank"]:
+        return None  # reconciliation got there first: never backwards
+    return {
+        **before,
+        "message_uuid": before["message_uuid"] or row["message_uuid"],
+        "api_id": before["api_id"] or row["api_id"],
+        "status": row["status"],
+        "status_rank": row["status_rank"],
+        "updated_at": row["updated_at"],
+    }
 
 
 @dataclass
@@ -266,6 +318,7 @@ class IngestEvent(BatchedOp):
     received_at: int = field(default_factory=now_ms)
     to_number: str | None = None  # the report's `To` (E.164), used when the message is unknown
     listed: bool = False  # set when this event put its number on the opt-out list
+    targets: webhooks.Targets = webhooks.NO_TARGETS
 
     @classmethod
     async def run_many(cls, conn: AsyncConnection, ops: Sequence[Any]) -> list[Any]:
@@ -298,7 +351,7 @@ class IngestEvent(BatchedOp):
                     for op in fresh
                 ],
             )
-            await _apply_events(conn, fresh)
+            await _apply_events(conn, fresh, ops[0].targets)
             await _list_blocked(conn, fresh)
         fresh_ids = {id(op) for op in fresh}
         return [id(op) in fresh_ids for op in ops]
@@ -450,6 +503,7 @@ async def purge(conn: AsyncConnection, *, retention_ms: int, day_ms: int = 86_40
         delete(callback_nonces).where(callback_nonces.c.seen_at < now - retention_ms),
         delete(inbound_messages).where(inbound_messages.c.received_at < now - retention_ms),
         delete(idempotency_keys).where(idempotency_keys.c.created_at < now - day_ms),
+        delete(webhook_deliveries).where(webhook_deliveries.c.created_at < now - retention_ms),
     ):
         deleted += (await conn.execute(statement)).rowcount or 0
     return deleted

@@ -133,3 +133,36 @@ optout_history = Table(
     Column("reference", String(255)),  # the inbound message's uuid, Plivo's uuid, or a key name
 )
 Index("ix_optout_history_number", optout_history.c.number, optout_history.c.at)
+
+# Webhook deliveries: one row per event per endpoint, written in the transaction of the
+# change that caused the event (the transactional outbox), then delivered by the worker
+# of any replica (`next_attempt_at`: due time, NULL once final; `claimed_until`: lease).
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", String(40), primary_key=True),  # the webhook-id, the same at every attempt
+    Column("endpoint", String(64), nullable=False),  # the WEBHOOKS name: a key name or `*`
+    Column("caller", String(64)),  # the key whose event it is; NULL for `*` endpoints
+    Column("type", String(32), nullable=False),  # message.status | message.inbound | ...
+    Column("payload", Text, nullable=False),  # the body's JSON (at most 64 KiB)
+    Column("text", Text),  # an inbound message's text, erased once final or 24 h old
+    Column("status", String(12), nullable=False),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", BigInteger),
+    Column("claimed_until", BigInteger),
+    Column("last_error", String(200)),
+    Column("created_at", BigInteger, nullable=False),  # the event's time
+    Column("updated_at", BigInteger, nullable=False),
+)
+Index("ix_webhook_deliveries_due", webhook_deliveries.c.next_attempt_at)
+Index(
+    "ix_webhook_deliveries_caller",
+    webhook_deliveries.c.caller,
+    webhook_deliveries.c.created_at,
+    webhook_deliveries.c.id,
+)
+Index(
+    "ix_webhook_deliveries_status",
+    webhook_deliveries.c.status,
+    webhook_deliveries.c.created_at,
+)
