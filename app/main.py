@@ -8,6 +8,7 @@ import functools
 import gc
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from app.metrics import Metrics, multiprocess_dir
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.mms.router import router as mms_router
 from app.optouts.router import router as optouts_router
+from app.outbox import Outbox
 from app.pacing import Pacer
 from app.plivo.breaker import CircuitBreaker
 from app.plivo.client import AiohttpPlivoClient, PlivoClient
@@ -86,7 +88,8 @@ def _drain_on_sigterm(services: Services) -> None:
         return
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        services.draining = True
+        services.draining = True  # the outbox claims nothing more from here
+        services.draining_since = time.monotonic()
         log.warning("draining", reason="SIGTERM")
         previous(signum, frame)
 
@@ -145,6 +148,18 @@ async def _lifespan(app: FastAPI, built: _Built) -> AsyncIterator[LifespanState]
             on_cache=metrics.preflight_cache_lookup,
             on_duration=metrics.preflight_took,
         ).start()
+    outbox = Outbox(
+        db,
+        sender=sender,
+        limits=built.limits,
+        settings=settings,
+        auth=built.auth,
+        pacer=pacer,
+        preflight=preflight,
+        on_outcome=metrics.outbox_outcome,
+        on_sent=metrics.send_recorded,
+        on_backlog=metrics.set_outbox_backlog,
+    )
     reconciler = Reconciler(db, client, settings)
     reconciler.on_lookup = metrics.reconcile_lookup
     reconciler.on_backlog = metrics.set_reconcile_backlog
@@ -158,8 +173,11 @@ async def _lifespan(app: FastAPI, built: _Built) -> AsyncIterator[LifespanState]
         reconciler=reconciler,
         pacer=pacer,
         preflight=preflight,
+        outbox=outbox,
     )
+    outbox.draining = lambda: services.draining
     reconciler.start()
+    outbox.start()
     stopping = asyncio.Event()
     retention = asyncio.create_task(retention_loop(db, settings.retention_days, stopping))
     _drain_on_sigterm(services)
@@ -185,6 +203,11 @@ async def _lifespan(app: FastAPI, built: _Built) -> AsyncIterator[LifespanState]
         # uvicorn has already let in-flight requests finish (SHUTDOWN_GRACE_SECONDS).
         services.draining = True
         stopping.set()
+        # In-flight outbox sends finish within what is left of SHUTDOWN_GRACE_SECONDS
+        # (they kept running while uvicorn drained the requests).
+        since = services.draining_since
+        spent = time.monotonic() - since if since is not None else 0.0
+        await outbox.stop(grace_seconds=max(0.0, settings.shutdown_grace_seconds - spent))
         await reconciler.stop(grace_seconds=LOOKUP_TIMEOUT_SECONDS)
         await retention
         await client.aclose()  # the sandbox lets its simulated deliveries finish
