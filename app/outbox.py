@@ -60,7 +60,7 @@ from app.worker import ClaimingWorker
 
 log = get_logger("app.outbox")
 PREFLIGHT_SECONDS = 3.0  # the media check's own bound per URL (checked concurrently)
-LEASE_MARGIN_SECONDS = 30.0  # the record's write (the writer's own bound is 15 s), and slack
+LEASE_MARGIN_SECONDS = 20.0  # the record's write (the writer's own bound is 15 s), and slack
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_CAP_SECONDS = 900.0
 REDIS_PAUSE_SECONDS = 1.0  # how often a paused outbox tries the shared pace again

@@ -108,8 +108,12 @@ async def send_mms(
             )
     except errors.AppError as exc:
         state["code"] = exc.code
+        if exc.outcome is not None and not (body.is_async or asked_async):
+            services.metrics.send_recorded("sync", exc.outcome.value)
         raise
     headers = dict(result.headers)
+    if result.status == 200 and not result.replayed:
+        services.metrics.send_recorded("sync", "queued")
     if result.status == 202:
         state["code"] = "scheduled"
         if asked_async:
