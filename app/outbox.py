@@ -208,6 +208,12 @@ class Outbox(ClaimingWorker):
         moved = await self._outside_quiet_hours(row, token)
         if moved is not None:
             return moved
+        # Counted before the mark, so that only the POST itself follows it: a crash between
+        # the two leaves an unknown outcome, and that window is kept as short as it can be.
+        try:
+            await self.limits.count_destination(destination=row["to_number"])
+        except DestinationRateLimited as error:  # a race spent the limit: later, not refused
+            return await self._move(row, token, now_ms() + 1000 * int(_retry_after(error) or 1))
         started = now_ms()
         lease_until = started + self.lease_ms
         mark = functools.partial(
@@ -228,15 +234,10 @@ class Outbox(ClaimingWorker):
             media_urls=media_urls,
             callback_url=callback_url(self.settings),
         )
-        count = functools.partial(self.limits.count_destination, destination=row["to_number"])
         try:
-            accepted = await send_to_plivo(self.sender, mms, before_send=count)
+            accepted = await send_to_plivo(self.sender, mms)
         except AppError as error:
             if error.outcome is None:  # Plivo certainly does not have it
-                if isinstance(error, DestinationRateLimited):  # a race on the limit
-                    return await self._move(
-                        row, token, now_ms() + 1000 * int(_retry_after(error) or 1)
-                    )
                 return await self._not_sent(row, token, error)
             await self._record(row, error.outcome, None, started)
             return error.outcome.value

@@ -459,7 +459,7 @@ async def _release(db: Database, caller: str, key: str, message_id: str) -> None
 
 
 async def send_to_plivo(
-    sender: Sender, mms: OutboundMms, *, before_send: Callable[[], Awaitable[None]]
+    sender: Sender, mms: OutboundMms, *, before_send: Callable[[], Awaitable[None]] | None = None
 ) -> Accepted:
     """The POST through the sender (deadline, cap, breaker, retries when not sent), for a
     synchronous send and the outbox alike; every failure is an AppError whose `outcome`
