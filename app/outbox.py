@@ -63,18 +63,23 @@ PREFLIGHT_SECONDS = 3.0  # the media check's own bound per URL (checked concurre
 LEASE_MARGIN_SECONDS = 20.0  # the record's write (the writer's own bound is 15 s), and slack
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_CAP_SECONDS = 900.0
-REDIS_PAUSE_SECONDS = 1.0  # how often a paused outbox tries the shared pace again
+REDIS_PAUSE_SECONDS = 0.5  # how often a paused outbox tries the shared pace again
 BACKLOG_REPORT_SECONDS = 1.0  # at most one backlog count per second per process
 
 
+MAX_CONCURRENCY = 1000
+
+
 def outbox_concurrency(settings: Settings) -> int:
-    """Messages handled at once: what the pace lets out in about two seconds (a claimed
-    message waits briefly for its slot, never its lease away), at most the Plivo cap."""
-    cap = settings.plivo_max_concurrency
+    """Messages handled at once: what the pace lets out in about three seconds -- a second
+    waiting in the pacer's queue, the rest for the mark, the POST and the record, so the
+    pace, not the handlers, sets the rate -- yet short enough that a claimed message waits
+    seconds for its slot, never its lease away. Calls to Plivo stay capped by the sender
+    (PLIVO_MAX_CONCURRENCY); without pacing, that cap is the outbox's too."""
     rate = settings.send_rate_per_second
     if rate <= 0:
-        return cap
-    return max(1, min(cap, math.ceil(rate * 2)))
+        return settings.plivo_max_concurrency
+    return max(1, min(MAX_CONCURRENCY, math.ceil(rate * 3)))
 
 
 def lease_seconds(settings: Settings) -> float:

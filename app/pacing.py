@@ -229,18 +229,17 @@ class Pacer:
         round trip. None while the fleet-wide pace is unavailable (Redis down): N replicas
         pacing alone would send at N times the rate, so the outbox pauses instead of
         falling back as synchronous sends do."""
-        redis, store = self.redis, self.store
+        redis = self.redis
         reservation: Reservation | None
-        if redis is None or store is None:
+        if redis is None:
             reservation = self.local.reserve(max_wait)
         else:
-
-            async def on(storage: object) -> Reservation | None:
-                if isinstance(storage, MemoryStorage):  # the limits' fallback: pause
-                    return None
-                return await redis.reserve(max_wait)
-
-            reservation = await store.run(on)
+            # Straight to Redis, not through the limits' fallback: that one stays on memory
+            # for seconds after a single timeout, and the outbox would stand still as long.
+            try:
+                reservation = await redis.reserve(max_wait)
+            except Exception:  # down, or too slow: the caller pauses and asks again soon
+                reservation = None
         if reservation is not None and reservation.granted and self._on_wait:
             self._on_wait(reservation.delay)
         return reservation
