@@ -295,8 +295,7 @@ async def schedule_mms(
     await refuse_if_opted_out(db, request.to)
     if preflight is not None:
         await preflight.check(request.media_urls, deadline=settings.plivo_timeout_seconds)
-    async with db.read() as conn:
-        pending = await outbox_store.pending_count(conn, caller)
+    pending = await outbox_store.pending_count(db, caller)
     if pending >= settings.outbox_max_pending_per_key:
         raise OutboxFull(
             f"This API key already has {pending} scheduled messages waiting "
