@@ -409,3 +409,25 @@ async def test_two_replicas_on_one_redis_drain_at_the_fleet_rate(
     # 150 at 50/s with a burst of 50: 2 s (less a late start of the first POSTs on a busy
     # loop); two replicas pacing alone would take 0.5 s.
     assert 1.5 <= took <= 4.5, took
+
+
+async def test_nothing_is_sent_while_the_store_cannot_be_written(
+    make, client_for, fake_plivo, monkeypatch
+):
+    """A failing store (or a send's record pending in memory) makes `writable` false: the
+    outbox claims nothing until it is writable again."""
+    from app.store.db import Database as Db
+
+    async with client_for(make()) as client:
+        message_id = await schedule(client)
+        await set_row(client.services.db, message_id, send_at=now_ms())
+        writable = Db.writable
+        monkeypatch.setattr(Db, "writable", property(lambda self: False))
+        client.services.outbox.wake()
+        await asyncio.sleep(1.5)
+        assert fake_plivo.sends() == []
+        assert (await row_of(client.services.db, message_id))["status"] == "scheduled"
+        monkeypatch.setattr(Db, "writable", writable)
+        client.services.outbox.wake()
+        await eventually(lambda: status_is(client, message_id, "queued"))
+    assert len(fake_plivo.sends()) == 1

@@ -261,3 +261,65 @@ async def test_fake_plivo_is_untouched_by_refusals(client, fake_plivo):
     response = await client.post(SEND, json={**VALID, "send_at": "x"}, headers=ASYNC)
     assert response.status_code == 422
     assert fake_plivo.sends() == []
+
+
+async def test_a_window_that_never_opens_for_the_number_is_422(
+    settings_factory, client_for, fake_plivo
+):
+    """One hour a day, and a toll-free number spread from Newfoundland to Hawaii."""
+    settings = settings_factory(api_keys=API_KEYS, quiet_hours="08:00-09:00")
+    async with client_for(settings) as client:
+        body = {**VALID, "to": "+18005550100", "quiet_hours": True}
+        response = await client.post(SEND, json=body, headers=A)
+    assert response.status_code == 422
+    assert response.json()["code"] == "validation_error"
+    assert [e["field"] for e in response.json()["errors"]] == ["quiet_hours"]
+    assert "08:00-09:00" in response.json()["errors"][0]["message"]
+
+
+async def test_a_scheduled_sends_key_is_kept_until_send_at_plus_a_day(client, fake_plivo):
+    """An Idempotency-Key older than 24 h still replays while its sendAt + 24 h has not
+    passed; retention purges it only then."""
+    from sqlalchemy import update
+
+    from app.store.db import FunctionOp
+    from app.store.repository import purge
+    from app.store.tables import idempotency_keys
+
+    body = {**VALID, "send_at": later(days=10)}
+    headers = {**A, "Idempotency-Key": "long-lived"}
+    first = await client.post(SEND, json=body, headers=headers)
+    db = client.services.db
+    two_days_ago = int(time.time() * 1000) - 2 * 86_400_000
+    aged = update(idempotency_keys).values(created_at=two_days_ago)
+    await db.write(FunctionOp(lambda conn: conn.execute(aged)))
+    again = await client.post(SEND, json=body, headers=headers)
+    assert again.status_code == 202 and again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json()
+    await db.write(FunctionOp(lambda conn: purge(conn, retention_ms=90 * 86_400_000)))
+    kept = await client.post(SEND, json=body, headers=headers)
+    assert kept.headers.get("idempotent-replayed") == "true"
+    expired = update(idempotency_keys).values(keep_until=int(time.time() * 1000) - 1)
+    await db.write(FunctionOp(lambda conn: conn.execute(expired)))
+    await db.write(FunctionOp(lambda conn: purge(conn, retention_ms=90 * 86_400_000)))
+    async with db.read() as conn:
+        from sqlalchemy import func, select
+
+        left = (await conn.execute(select(func.count()).select_from(idempotency_keys))).scalar()
+    assert left == 0
+
+
+async def test_retention_never_purges_a_scheduled_message(client, fake_plivo):
+    from sqlalchemy import update
+
+    from app.store.db import FunctionOp
+    from app.store.repository import purge
+    from app.store.tables import messages
+
+    message_id = (
+        await client.post(SEND, json={**VALID, "send_at": later(days=10)}, headers=A)
+    ).json()["id"]
+    db = client.services.db
+    await db.write(FunctionOp(lambda conn: conn.execute(update(messages).values(created_at=0))))
+    await db.write(FunctionOp(lambda conn: purge(conn, retention_ms=86_400_000)))
+    assert (await status_of(client, message_id))["status"] == "scheduled"
