@@ -431,3 +431,32 @@ async def test_nothing_is_sent_while_the_store_cannot_be_written(
         client.services.outbox.wake()
         await eventually(lambda: status_is(client, message_id, "queued"))
     assert len(fake_plivo.sends()) == 1
+
+
+def test_sigterm_lets_the_outbox_send_in_flight_finish(server_factory, fake_plivo):
+    """A real `python -m app`: SIGTERM while an outbox POST is in flight; the send
+    finishes and is recorded, the process exits 0, and nothing more is claimed."""
+    fake_plivo.set_default(fp.ok(delay=2.0))
+    env = {"api_keys": API_KEYS, "shutdown_grace_seconds": 10}
+    server = server_factory(**env)
+    first = httpx.post(f"{server.url}{SEND}", json=VALID, headers=ASYNC, timeout=30)
+    later_one = httpx.post(
+        f"{server.url}{SEND}",
+        json={**VALID, "to": "+14155559999", "send_at": later(seconds=1)},
+        headers=A,
+        timeout=30,
+    )
+    wait_for(lambda: len(fake_plivo.sends()) == 1)
+    assert server.terminate(timeout=30) == 0
+    # Due while the first was in flight (its POST takes 2 s), not claimed while draining.
+    assert len(fake_plivo.sends()) == 1
+    fake_plivo.set_default(fp.ok())
+    restarted = server_factory(**env)
+
+    def status(message_id: str) -> str:
+        got = httpx.get(f"{restarted.url}/api/mms/{message_id}", headers=A, timeout=10)
+        return str(got.json()["status"])
+
+    assert status(first.json()["id"]) == "queued"
+    wait_for(lambda: status(later_one.json()["id"]) == "queued")
+    assert len(fake_plivo.sends()) == 2
