@@ -33,6 +33,11 @@ class Authenticator:
     def enabled(self) -> bool:
         return bool(self._keys)
 
+    @property
+    def names(self) -> frozenset[str]:
+        """The configured keys' names (the outbox cancels a removed key's messages)."""
+        return frozenset(name for name, _ in self._keys)
+
     def identify(self, presented: str) -> str | None:
         """The key's name, or None. Compares against every key, without an early exit."""
         candidate = presented.encode()

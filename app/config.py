@@ -9,7 +9,7 @@ import ipaddress
 import math
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -23,6 +23,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.phone import E164
+
+if TYPE_CHECKING:
+    from app.quiet_hours import Window
 
 SANDBOX_SENDER = "+14155550000"
 MIN_SECRET_LENGTH = 16
@@ -337,6 +340,24 @@ class Settings(BaseSettings):
         description="How long a synchronous send may wait for its pacing slot; beyond it "
         "the send is refused at once with 503 `send_rate_exceeded` and `Retry-After`.",
     )
+    outbox_give_up_hours: float = Field(
+        24.0,
+        gt=0,
+        description="A scheduled send that Plivo certainly never took (429, 503, unreachable, "
+        "breaker open) is retried with backoff until this many hours after its original "
+        "sendAt, then settled as `not_sent` (docs/outbox.md).",
+    )
+    outbox_max_pending_per_key: int = Field(
+        100_000,
+        gt=0,
+        description="Scheduled messages one API key may have waiting in the outbox; beyond "
+        "it a send is refused with 429 `outbox_full`.",
+    )
+    quiet_hours: str = Field(
+        "08:00-21:00",
+        description='The recipient-local window that `"quiet_hours": true` sends are held to '
+        "(TCPA: 8 am to 9 pm), `HH:MM-HH:MM` with start < end; sends happen only inside it.",
+    )
     plivo_signature: Annotated[
         Literal["v3", "v2", "any"],
         BeforeValidator(lambda v: v.strip().lower() if isinstance(v, str) else v),
@@ -474,6 +495,13 @@ class Settings(BaseSettings):
 
         parse_rate(value)
         return value.strip()
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _valid_quiet_hours(cls, value: str) -> str:
+        from app.quiet_hours import parse_window
+
+        return str(parse_window(value))
 
     @field_validator("plivo_api_url", "public_base_url")
     @classmethod
@@ -635,6 +663,13 @@ class Settings(BaseSettings):
         from app.pacing import parse_rate
 
         return parse_rate(self.send_rate)
+
+    @property
+    def quiet_window(self) -> Window:
+        """QUIET_HOURS, parsed (validated at startup)."""
+        from app.quiet_hours import parse_window
+
+        return parse_window(self.quiet_hours)
 
     @property
     def media_preflight_enabled(self) -> bool:

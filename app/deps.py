@@ -24,6 +24,7 @@ from app.store.db import Database
 
 if TYPE_CHECKING:  # only for the annotations: the metrics and the reconciler import no route
     from app.metrics import Metrics
+    from app.outbox import Outbox
     from app.reconcile import Reconciler
     from app.webhooks.delivery import WebhookDelivery
 
@@ -42,7 +43,9 @@ class Services:
     webhooks: WebhookDelivery | None = None  # None: WEBHOOKS is empty
     pacer: Pacer | None = None  # None: SEND_RATE=0, pacing off
     preflight: Preflight | None = None  # None: MEDIA_PREFLIGHT off
+    outbox: Outbox | None = None  # sends the scheduled messages (woken by a due one)
     draining: bool = False  # set on SIGTERM and at shutdown: /ready answers 503
+    draining_since: float | None = None  # monotonic time of SIGTERM
 
 
 class LifespanState(TypedDict):

@@ -177,6 +177,23 @@ class QuotaExceeded(AppError):
     retryable = True
 
 
+class OutboxFull(AppError):
+    """The caller already has OUTBOX_MAX_PENDING_PER_KEY scheduled messages waiting."""
+
+    status = 429
+    code = "outbox_full"
+    title = "Too many scheduled messages for this API key"
+    retryable = True
+
+
+class NotCancelable(AppError):
+    """DELETE of a message that is being sent, or has any status but `scheduled`."""
+
+    status = 409
+    code = "not_cancelable"
+    title = "The message can no longer be canceled"
+
+
 # Plivo's answer (or silence) -------------------------------------------------------------
 class PlivoRejected(AppError):
     status = 400
@@ -260,6 +277,7 @@ SEND_ERRORS: tuple[type[AppError], ...] = (
     RateLimited,
     DestinationRateLimited,
     QuotaExceeded,
+    OutboxFull,
     IdempotencyKeyReused,
     IdempotencyInProgress,
     RecipientOptedOut,

@@ -8,6 +8,7 @@ import functools
 import gc
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from app.metrics import Metrics, multiprocess_dir
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.mms.router import router as mms_router
 from app.optouts.router import router as optouts_router
+from app.outbox import Outbox
 from app.pacing import Pacer
 from app.plivo.breaker import CircuitBreaker
 from app.plivo.client import AiohttpPlivoClient, PlivoClient
@@ -89,7 +91,8 @@ def _drain_on_sigterm(services: Services) -> None:
         return
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        services.draining = True
+        services.draining = True  # the outbox claims nothing more from here
+        services.draining_since = time.monotonic()
         log.warning("draining", reason="SIGTERM")
         previous(signum, frame)
 
@@ -148,6 +151,18 @@ async def _lifespan(app: FastAPI, built: _Built) -> AsyncIterator[LifespanState]
             on_cache=metrics.preflight_cache_lookup,
             on_duration=metrics.preflight_took,
         ).start()
+    outbox = Outbox(
+        db,
+        sender=sender,
+        limits=built.limits,
+        settings=settings,
+        auth=built.auth,
+        pacer=pacer,
+        preflight=preflight,
+        on_outcome=metrics.outbox_outcome,
+        on_sent=metrics.send_recorded,
+        on_backlog=metrics.set_outbox_backlog,
+    )
     reconciler = Reconciler(db, client, settings)
     reconciler.on_lookup = metrics.reconcile_lookup
     reconciler.on_backlog = metrics.set_reconcile_backlog
@@ -170,8 +185,11 @@ async def _lifespan(app: FastAPI, built: _Built) -> AsyncIterator[LifespanState]
         webhooks=webhooks,
         pacer=pacer,
         preflight=preflight,
+        outbox=outbox,
     )
+    outbox.draining = lambda: services.draining
     reconciler.start()
+    outbox.start()
     if webhooks is not None:
         webhooks.start()
     stopping = asyncio.Event()
@@ -199,6 +217,11 @@ async def _lifespan(app: FastAPI, built: _Built) -> AsyncIterator[LifespanState]
         # uvicorn has already let in-flight requests finish (SHUTDOWN_GRACE_SECONDS).
         services.draining = True
         stopping.set()
+        # In-flight outbox sends finish within what is left of SHUTDOWN_GRACE_SECONDS
+        # (they kept running while uvicorn drained the requests).
+        since = services.draining_since
+        spent = time.monotonic() - since if since is not None else 0.0
+        await outbox.stop(grace_seconds=max(0.0, settings.shutdown_grace_seconds - spent))
         await reconciler.stop(grace_seconds=LOOKUP_TIMEOUT_SECONDS)
         if webhooks is not None:  # attempts in flight finish (10 s at most) or are retried
             await webhooks.stop(

@@ -50,7 +50,22 @@ _CALLBACK_STATUSES = frozenset(STATUSES)
 # own error handling: validation, auth, the body limit).
 _EARLY_ERRORS = (errors.Unauthorized, errors.PayloadTooLarge, errors.ValidationFailed)
 _CODE_BY_STATUS = {200: "ok", **{error.status: error.code for error in _EARLY_ERRORS}}
-SEND_CODES = ("ok", "idempotent_replay", *(error.code for error in errors.SEND_ERRORS))
+SEND_CODES = (
+    "ok",
+    "scheduled",
+    "idempotent_replay",
+    *(error.code for error in errors.SEND_ERRORS),
+)
+OUTBOX_OUTCOMES = (
+    "queued",
+    "unknown",
+    "rejected",
+    "canceled",
+    "not_sent",
+    "retry",
+    "deferred",
+    "lost",
+)
 PLIVO_OUTCOMES = ("accepted", "unreachable", "dropped", "timeout", "bad_response")
 # The list's sources inside the service (`api:<key>` is labelled `api`); the operator's
 # `optouts remove` runs in its own process and is in the log instead.
@@ -166,6 +181,37 @@ class Metrics:
             "Messages due for a reconciliation lookup",
             registry=r,
             multiprocess_mode="livemax",
+        )
+        self.outbox_due = Gauge(
+            "mms_outbox_due",
+            "Scheduled messages whose sendAt has passed (the outbox's backlog)",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.outbox_future = Gauge(
+            "mms_outbox_future",
+            "Scheduled messages whose sendAt is still ahead",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.outbox_oldest_due_age = Gauge(
+            "mms_outbox_oldest_due_age_seconds",
+            "How long the oldest due scheduled message has waited past its sendAt (0: none)",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.outbox_outcomes = Counter(
+            "mms_outbox_outcomes",
+            "What the outbox did with a claimed message (queued, unknown, rejected, "
+            "canceled, not_sent, retry, deferred, lost)",
+            ("outcome",),
+            registry=r,
+        )
+        self.sends_by_origin = Counter(
+            "mms_sends_by_origin",
+            "Sends whose outcome was recorded, by origin (sync, outbox) and status",
+            ("origin", "status"),
+            registry=r,
         )
         self.reconcile_lookups = Counter(
             "mms_reconcile_lookups",
@@ -301,6 +347,8 @@ class Metrics:
         self._callbacks: dict[tuple[str, str], Any] = {}
         self.circuit_opens.inc(0)
         self.pacing_refusals.inc(0)
+        for outcome in OUTBOX_OUTCOMES:
+            self.outbox_outcomes.labels(outcome).inc(0)
         self.storage_fallbacks.inc(0)
         self.circuit_state.set(0)
         self.storage_degraded.set(0)
@@ -433,6 +481,19 @@ class Metrics:
     def set_webhook_backlog(self, pending: int, oldest_age_seconds: float) -> None:
         self.webhook_pending.set(pending)
         self.webhook_oldest_pending.set(oldest_age_seconds)
+
+    def set_outbox_backlog(self, due: int, future: int, oldest_age_seconds: float) -> None:
+        self.outbox_due.set(due)
+        self.outbox_future.set(future)
+        self.outbox_oldest_due_age.set(oldest_age_seconds)
+
+    def outbox_outcome(self, outcome: str) -> None:
+        if outcome in OUTBOX_OUTCOMES:
+            self.outbox_outcomes.labels(outcome).inc()
+
+    def send_recorded(self, origin: str, status: str) -> None:
+        if origin in ("sync", "outbox") and status in _CALLBACK_STATUSES:
+            self.sends_by_origin.labels(origin, status).inc()
 
     def store_batch(self, size: int, seconds: float) -> None:
         self.store_batch_size.observe(size)

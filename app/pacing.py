@@ -223,6 +223,27 @@ class Pacer:
 
         return await store.run(on)
 
+    async def reserve_shared(self, max_wait: float) -> Reservation | None:
+        """The outbox's reservation: a slot only if its wait is at most `max_wait` (so a
+        backlog keeps the queue short and synchronous sends still find slots), in one
+        round trip. None while the fleet-wide pace is unavailable (Redis down): N replicas
+        pacing alone would send at N times the rate, so the outbox pauses instead of
+        falling back as synchronous sends do."""
+        redis = self.redis
+        reservation: Reservation | None
+        if redis is None:
+            reservation = self.local.reserve(max_wait)
+        else:
+            # Straight to Redis, not through the limits' fallback: that one stays on memory
+            # for seconds after a single timeout, and the outbox would stand still as long.
+            try:
+                reservation = await redis.reserve(max_wait)
+            except Exception:  # down, or too slow: the caller pauses and asks again soon
+                reservation = None
+        if reservation is not None and reservation.granted and self._on_wait:
+            self._on_wait(reservation.delay)
+        return reservation
+
     async def take(self, max_wait: float) -> None:
         """A synchronous send's slot: wait for it, or 503 `send_rate_exceeded` at once."""
         reservation = await self.reserve(max_wait)

@@ -294,6 +294,29 @@ class Limits:
             if not verdict.allowed:
                 self._refuse("quota", verdict)
 
+    async def count_quota(self, *, caller: str) -> None:
+        """An asynchronous send's quota, counted when it is accepted (it caps what a key
+        can schedule); raises `quota_exceeded` when it is used up."""
+        if self.daily_quota:
+            verdict = await self.store.daily_hit(self.daily_quota, "quota", caller)
+            if not verdict.allowed:
+                self._refuse("quota", verdict)
+
+    async def destination_wait(self, destination: str) -> int:
+        """Seconds until the per-destination limit lets one more send through (0: now).
+        The outbox moves a message's sendAt by this instead of refusing it."""
+        verdict = await self.store.moving_hit(
+            self.per_destination, "dst", destination, stats=False, count=False
+        )
+        return 0 if verdict.allowed else verdict.retry_after
+
+    async def count_destination(self, *, destination: str) -> None:
+        """Count an outbox send in the per-destination limit (its quota was counted at
+        acceptance); raises `destination_rate_limited` when a race spent it since."""
+        verdict = await self.store.moving_hit(self.per_destination, "dst", destination, stats=False)
+        if not verdict.allowed:
+            self._refuse("destination", verdict)
+
     def _refuse(self, scope: str, verdict: Verdict) -> None:
         if self.on_reject:
             self.on_reject(scope)

@@ -40,6 +40,13 @@ def first_check_at(created_at: int, settings: Settings) -> int:
     return created_at + int(settings.reconcile_after_seconds * 1000)
 
 
+def attempt_start(row: dict[str, Any]) -> int:
+    """When the send toward Plivo began: the lookup window and the give-up time run from
+    it (a scheduled message is sent long after it was accepted)."""
+    started: int | None = row.get("attempt_started_at")
+    return started if started is not None else int(row["created_at"])
+
+
 class Reconciler(ClaimingWorker):
     """Claims one due message at a time (`app.worker`), paced to RECONCILE_RATE."""
 
@@ -86,7 +93,7 @@ class Reconciler(ClaimingWorker):
 
     async def _check(self, row: dict[str, Any]) -> None:
         now = now_ms()
-        give_up = now >= row["created_at"] + int(self.settings.reconcile_give_up_hours * 3600_000)
+        give_up = now >= attempt_start(row) + int(self.settings.reconcile_give_up_hours * 3600_000)
         try:
             found = await self._look_up(row)
             result = "found" if found else "not_found"
@@ -122,7 +129,7 @@ class Reconciler(ClaimingWorker):
                 row["message_uuid"], timeout=LOOKUP_TIMEOUT_SECONDS
             )
         # Unknown outcome: did Plivo queue a message to this number around that time?
-        created = datetime.fromtimestamp(row["created_at"] / 1000, UTC)
+        created = datetime.fromtimestamp(attempt_start(row) / 1000, UTC)
         until = created + timedelta(seconds=self.settings.plivo_timeout_seconds) + WINDOW_SLACK
         candidates = await self.client.list_messages(
             to=row["to_number"],

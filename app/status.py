@@ -15,6 +15,7 @@ from enum import StrEnum
 class MessageStatus(StrEnum):
     """Declared in rank order."""
 
+    SCHEDULED = "scheduled"  # accepted for a later (or asynchronous) send: in the outbox
     UNKNOWN = "unknown"  # the send's outcome is not known yet (in flight, or lost)
     QUEUED = "queued"  # Plivo took it
     SENT = "sent"  # handed to the carrier
@@ -22,7 +23,8 @@ class MessageStatus(StrEnum):
     UNDELIVERED = "undelivered"
     FAILED = "failed"
     REJECTED = "rejected"  # Plivo refused it for good
-    NOT_SENT = "not_sent"  # Plivo never had it (an unknown outcome settled)
+    NOT_SENT = "not_sent"  # Plivo never had it (an unknown outcome settled, or given up)
+    CANCELED = "canceled"  # a scheduled send withdrawn before it was sent (`cancel_reason`)
 
     @property
     def rank(self) -> int:
@@ -35,6 +37,7 @@ class MessageStatus(StrEnum):
 
 FINAL_RANK = 3
 _RANK = {
+    MessageStatus.SCHEDULED: -1,
     MessageStatus.UNKNOWN: 0,
     MessageStatus.QUEUED: 1,
     MessageStatus.SENT: 2,
@@ -43,6 +46,7 @@ _RANK = {
     MessageStatus.FAILED: FINAL_RANK,
     MessageStatus.REJECTED: FINAL_RANK,
     MessageStatus.NOT_SENT: FINAL_RANK,
+    MessageStatus.CANCELED: FINAL_RANK,
 }
 # By plain string, for the hot paths that look up what Plivo or a row says.
 STATUS_RANK: dict[str, int] = {status.value: rank for status, rank in _RANK.items()}

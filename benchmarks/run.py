@@ -1,8 +1,9 @@
 """`make bench`: every performance scenario, side by side with the Node.js/Fastify peer.
 
     python benchmarks/run.py [--scenarios overhead,preflight-cold,concurrency,callbacks,
-                                          coldstart,features]
-                             [--rounds 3] [--duration 10]
+                                          coldstart,features,bulk]
+                             [--rounds 3] [--duration 10] [--bulk-count 10000]
+                             [--bulk-rate 500]
 
 1. overhead        upstream 0 ms, 50 connections (peer's compare.sh, interleaved rounds)
    preflight-cold  scenario 1's load on our service alone, every send a new media URL (a
@@ -12,6 +13,8 @@
                    each status change delivered as a webhook to a local receiver
 4. coldstart       seconds from exec to the first 200 on /health (RSS comes from scenario 2)
 5. features        instructions per send with each feature switched off (callgrind)
+6. bulk            10,000 `Prefer: respond-async` sends: accepts/s and p99 of the 202, then
+                   the outbox's drain at SEND_RATE (achieved rate, CPU per send): bulk.py
 
 Both services get one core (taskset), realistic limits (RATE_LIMIT=100/minute, load spread
 over 10,000 client addresses and 1,000 destinations), PLIVO_MAX_CONCURRENCY=100, every
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import bulk as bulk_scenario
 import media_server
 from media_server import MediaServer
 
@@ -691,6 +695,8 @@ def report(results: dict[str, Any]) -> str:
             f"| 4. cold start to first /health 200 | — | {cs['restart']} s (restart), "
             f"{cs['first_start']} s (empty database) | | ≤ 1.5 s |"
         )
+    if results.get("bulk"):
+        lines += bulk_scenario.report_lines(results["bulk"])
     if results.get("features"):
         lines += [
             "",
@@ -744,8 +750,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--scenarios",
-        default="overhead,preflight-cold,concurrency,callbacks,coldstart,features",
+        default="overhead,preflight-cold,concurrency,callbacks,coldstart,features,bulk",
     )
+    parser.add_argument("--bulk-count", type=int, default=10_000)
+    parser.add_argument("--bulk-rate", type=float, default=500.0, help="SEND_RATE, per second")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "mms-bench"))
@@ -801,6 +809,13 @@ def run_scenarios(
     if "coldstart" in chosen:
         print("== 4. cold start", flush=True)
         results["coldstart"] = cold_start(workdir, media)
+    if "bulk" in chosen:
+        print(f"== 6. bulk: {args.bulk_count} respond-async sends, outbox drain", flush=True)
+        fake = _fake(peer)
+        try:
+            results["bulk"] = bulk(workdir, media, args.bulk_count, args.bulk_rate)
+        finally:
+            stop(fake)
     if "features" in chosen:
         print("== 5. per-feature cost (callgrind, ~11 min)", flush=True)
         fake = _fake(peer)
@@ -808,6 +823,41 @@ def run_scenarios(
             results["features"] = features(f"http://127.0.0.1:{FAKE_PORT}/v1", media)
         finally:
             stop(fake)
+
+
+def bulk(workdir: Path, media: MediaServer, count: int, rate: float) -> dict[str, Any]:
+    """Scenario 6 (benchmarks/bulk.py): the service as in the other scenarios, SEND_RATE
+    set to `rate`, RATE_LIMIT raised for the one batch sender."""
+
+    def start(name: str) -> subprocess.Popen:
+        env = {
+            **SERVICE_ENV,
+            **media.env,
+            "DATABASE_URL": fresh_sqlite(workdir, name),
+            "PLIVO_AUTH_ID": AUTH_ID,
+            "PLIVO_AUTH_TOKEN": AUTH_TOKEN,
+            "PLIVO_SENDER_NUMBER": "+14155550000",
+            "PLIVO_API_URL": f"http://127.0.0.1:{FAKE_PORT}/v1",
+            "SEND_RATE": f"{rate:g}/second",
+            "RATE_LIMIT": "100000000/minute",
+            "OUTBOX_MAX_PENDING_PER_KEY": str(max(100_000, 2 * count)),
+        }
+        proc = start_service(env, workdir / f"{name}.log")
+        wait_http(f"http://127.0.0.1:{PORT}/health")
+        return proc
+
+    result = bulk_scenario.bulk(
+        count=count,
+        rate=rate,
+        start=start,
+        stop=stop,
+        cpu_seconds=cpu_seconds,
+        service_url=f"http://127.0.0.1:{PORT}",
+        fake_url=f"http://127.0.0.1:{FAKE_PORT}",
+        api_key=API_KEY,
+        media_url=media.url,
+    )
+    return result
 
 
 def _media_checks(media: MediaServer, before: int) -> int:

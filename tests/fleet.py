@@ -318,6 +318,14 @@ def client(url: str, source: str = CLIENT, **kwargs: Any) -> httpx.Client:
 class Replica:
     name: str  # the compose service
     server: Server
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # to restart it
+    restarts: int = 0
+
+    def restart(self) -> None:
+        """Start it again after a kill: same address, same settings, a log of its own."""
+        self.restarts += 1
+        log_path = self.server.log_path.with_suffix(f".{self.restarts}.log")
+        self.server = Server(dict(self.env), log_path).wait_healthy()
 
     @property
     def url(self) -> str:
@@ -402,7 +410,7 @@ def start_fleet(
             # Started like the image: from a directory with nothing but what it is given
             # (no stray .env), the code on PYTHONPATH.
             env.update(_CWD=str(workdir), PYTHONPATH=str(ROOT))
-            servers.append(Replica(name, Server(env, workdir / f"{name}.log")))
+            servers.append(Replica(name, Server(dict(env), workdir / f"{name}.log"), env))
         for replica in servers:
             replica.server.wait_healthy()
         nginx.check_config()

@@ -32,7 +32,9 @@ def test_retryable_errors_store_nothing():
 
 
 def test_send_metric_labels_derive_from_the_send_errors():
-    assert set(SEND_CODES) == {"ok", "idempotent_replay"} | {e.code for e in errors.SEND_ERRORS}
+    assert set(SEND_CODES) == {"ok", "scheduled", "idempotent_replay"} | {
+        e.code for e in errors.SEND_ERRORS
+    }
 
 
 @pytest.mark.parametrize(

@@ -667,3 +667,36 @@ def test_allow_private_is_refused_in_production(monkeypatch):
         load_settings(_env_file=None)
     monkeypatch.setenv("MEDIA_ALLOW_PRIVATE", "false")
     assert load_settings(_env_file=None).media_preflight_enabled is True  # live: on
+
+
+# Asynchronous sends: checked at acceptance, re-checked (cached) by the outbox ---------------
+async def test_an_async_send_with_bad_media_is_422_at_acceptance(
+    settings_factory, client_for, fake_plivo: FakePlivo, media
+):
+    async with client_for(on(settings_factory)) as client:
+        response = await client.post(
+            "/api/mms/send",
+            json=body(media.url("/page.html")),
+            headers={"Prefer": "respond-async"},
+        )
+        listed = (await client.get("/api/mms")).json()["items"]
+    assert response.status_code == 422 and response.json()["code"] == "media_rejected"
+    assert listed == [] and fake_plivo.sends() == []
+
+
+async def test_the_outbox_rechecks_media_from_the_cache(
+    settings_factory, client_for, fake_plivo: FakePlivo, media
+):
+    async with client_for(on(settings_factory)) as client:
+        response = await client.post(
+            "/api/mms/send", json=body(media.url("/ok.png")), headers={"Prefer": "respond-async"}
+        )
+        assert response.status_code == 202
+        for _ in range(200):
+            if fake_plivo.sends():
+                break
+            await asyncio.sleep(0.05)
+        metrics = (await client.get("/metrics")).text
+    assert len(fake_plivo.sends()) == 1
+    assert media.hits("/ok.png") == 1  # checked once at acceptance; the re-check is cached
+    assert 'mms_media_preflight_cache_total{result="hit"} 1.0' in metrics

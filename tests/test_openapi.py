@@ -52,7 +52,7 @@ async def test_send_declares_its_body_key_header_and_security(client):
     assert {"to", "media_urls", "text"} <= set(
         schema["components"]["schemas"]["SendRequest"]["properties"]
     )
-    assert [p["name"] for p in send["parameters"]] == ["Idempotency-Key"]
+    assert [p["name"] for p in send["parameters"]] == ["Idempotency-Key", "Prefer"]
     assert send["security"] == [{"bearer": []}, {"apiKey": []}]
     schemes = schema["components"]["securitySchemes"]
     assert schemes["bearer"] == {**schemes["bearer"], "type": "http", "scheme": "bearer"}

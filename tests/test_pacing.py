@@ -391,3 +391,36 @@ def test_a_production_start_on_the_default_rate_warns(settings_factory, capsys):
     assert "SEND_RATE is the default" in capsys.readouterr().out
     asyncio.run(start_and_stop(settings_factory(**production, send_rate="0.25/second")))
     assert "SEND_RATE" not in capsys.readouterr().out
+
+
+# The outbox's reservation --------------------------------------------------------------------
+async def test_reserve_shared_grants_only_within_its_limit_and_records_the_wait():
+    clock, waits = FakeClock(), []
+    pacer = Pacer(MemoryGcra(Rate.per_second(2), clock), on_wait=waits.append)
+    granted = [await pacer.reserve_shared(0.5) for _ in range(3)]
+    assert [(r.granted, r.delay) for r in granted if r] == [(True, 0), (True, 0), (True, 0.5)]
+    refused = await pacer.reserve_shared(0.5)
+    assert refused is not None and not refused.granted and refused.delay == 1.0
+    assert waits == [0, 0, 0.5]  # a refusal holds no slot and records no wait
+    clock.now += 1.0
+    again = await pacer.reserve_shared(0.5)
+    assert again is not None and again.granted and again.delay == 0.0
+
+
+async def test_reserve_shared_is_none_while_redis_is_down_never_per_process():
+    store = LimitStore(f"redis://127.0.0.1:{free_port()}/0")
+    pacer = Pacer.build(50.0, workers=1, store=store)
+    assert pacer is not None and pacer.redis is not None
+    assert await pacer.reserve_shared(1.0) is None
+    assert pacer.local.reserve(1.0).granted  # synchronous sends would still fall back
+    await pacer.aclose()
+
+
+async def test_reserve_shared_on_redis_is_the_fleet_pace(redis_url):
+    first = Pacer.build(2.0, workers=1, store=LimitStore(redis_url))
+    second = Pacer.build(2.0, workers=1, store=LimitStore(redis_url))
+    assert first is not None and second is not None
+    answers = [await p.reserve_shared(0.4) for p in (first, second, first, second)]
+    assert [a.granted for a in answers if a] == [True, True, False, False]
+    for pacer in (first, second):
+        await pacer.aclose()

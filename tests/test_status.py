@@ -14,6 +14,7 @@ def test_ranks_follow_the_declaration_order():
 def test_ranks_stored_in_the_database_never_change():
     """`messages.status_rank` holds these numbers: changing one would reorder old rows."""
     assert STATUS_RANK == {
+        "scheduled": -1,
         "unknown": 0,
         "queued": 1,
         "sent": 2,
@@ -22,6 +23,7 @@ def test_ranks_stored_in_the_database_never_change():
         "failed": 3,
         "rejected": 3,
         "not_sent": 3,
+        "canceled": 3,
     }
 
 

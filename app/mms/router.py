@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, ValidationError
 from starlette.responses import Response
@@ -16,6 +16,7 @@ from app.mms import service
 from app.mms.schemas import (
     MessageOut,
     MessagePage,
+    ScheduledResponse,
     SendRequest,
     SendResponse,
     printable_ascii,
@@ -42,37 +43,81 @@ async def read_send_request(request: Request) -> SendRequest:
         ) from None
 
 
+ACCEPTED_RESPONSE: dict[int | str, dict[str, Any]] = {
+    202: {
+        "model": ScheduledResponse,
+        "description": "Accepted for an asynchronous send (`send_at`, `quiet_hours`, or "
+        "`Prefer: respond-async`): recorded as `scheduled`, sent by the outbox. "
+        "`Location` names the lookup; `Preference-Applied: respond-async` when asked.",
+    }
+}
+
+
 @router.post(
     "/send",
     response_model=SendResponse,
-    summary="Send an MMS through Plivo",
-    responses=errors.problem_responses(*errors.SEND_ERRORS),
+    summary="Send an MMS through Plivo (now, later, or asynchronously)",
+    responses={**ACCEPTED_RESPONSE, **errors.problem_responses(*errors.SEND_ERRORS)},
     openapi_extra=body_read_by_hand(SendRequest),
 )
 async def send_mms(
-    request: Request, caller: CallerDep, services: ServicesDep, key: IdempotencyKeyDep = None
+    request: Request,
+    caller: CallerDep,
+    services: ServicesDep,
+    key: IdempotencyKeyDep = None,
+    prefer: Annotated[
+        str | None,
+        Header(
+            alias="Prefer",
+            description="`respond-async` (RFC 7240): accept now (202), send from the outbox",
+        ),
+    ] = None,
 ) -> Response:
-    """Queue one MMS with Plivo. A 200 means Plivo queued it, not that it was delivered."""
+    """Queue one MMS with Plivo. A 200 means Plivo queued it, not that it was delivered;
+    a 202 means the service accepted it and its outbox will send it at `sendAt`."""
     body = await read_send_request(request)
     state = request.scope["state"]
     state["to"] = body.to  # masked by the log processors
+    asked_async = prefer is not None and service.prefers_async(request.headers.getlist("prefer"))
     try:
-        result = await service.send_mms(
-            body,
-            caller=caller,
-            request_id=state["request_id"],
-            idempotency_key=key,
-            sender=services.sender,
-            limits=services.limits,
-            db=services.db,
-            settings=services.settings,
-            pacer=services.pacer,
-            preflight=services.preflight,
-        )
+        if body.is_async or asked_async:
+            outbox = services.outbox
+            result = await service.schedule_mms(
+                body,
+                caller=caller,
+                request_id=state["request_id"],
+                idempotency_key=key,
+                limits=services.limits,
+                db=services.db,
+                settings=services.settings,
+                preflight=services.preflight,
+                wake=outbox.wake if outbox is not None else None,
+            )
+        else:
+            result = await service.send_mms(
+                body,
+                caller=caller,
+                request_id=state["request_id"],
+                idempotency_key=key,
+                sender=services.sender,
+                limits=services.limits,
+                db=services.db,
+                settings=services.settings,
+                pacer=services.pacer,
+                preflight=services.preflight,
+            )
     except errors.AppError as exc:
         state["code"] = exc.code
+        if exc.outcome is not None and not (body.is_async or asked_async):
+            services.metrics.send_recorded("sync", exc.outcome.value)
         raise
     headers = dict(result.headers)
+    if result.status == 200 and not result.replayed:
+        services.metrics.send_recorded("sync", "queued")
+    if result.status == 202:
+        state["code"] = "scheduled"
+        if asked_async:
+            headers["Preference-Applied"] = "respond-async"
     if result.replayed:
         headers["Idempotent-Replayed"] = "true"
         state["code"] = "idempotent_replay"
@@ -152,4 +197,18 @@ async def get_message(messageUuid: str, caller: CallerDep, services: ServicesDep
         row = await repository.get_message(conn, caller, messageUuid)
     if row is None:
         raise errors.NotFound("No message with this id for this API key.")
+    return service.message_out(row)
+
+
+@router.delete(
+    "/{messageUuid}",
+    response_model=MessageOut,
+    summary="Cancel a scheduled message",
+    responses=errors.problem_responses(errors.NotCancelable, *LOOKUP_ERRORS),
+)
+async def cancel_message(messageUuid: str, caller: CallerDep, services: ServicesDep) -> MessageOut:
+    """A `scheduled` message of the caller's own key that no outbox has taken becomes
+    `canceled` (`cancelReason: caller`); one already canceled is answered the same; 409
+    `not_cancelable` once it is being sent or has any other status."""
+    row = await service.cancel_mms(services.db, caller, messageUuid, settings=services.settings)
     return service.message_out(row)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Annotated
 
@@ -13,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictStr,
     TypeAdapter,
 )
@@ -77,6 +79,34 @@ def media_url(value: str) -> str:
     return value  # sent exactly as given, not pydantic's normalised form
 
 
+# RFC 3339 date-time: a date, `T` (or a space), a time, and an offset -- `Z` or +hh:mm.
+_RFC3339 = re.compile(
+    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})"
+)
+
+
+def rfc3339(value: str) -> str:
+    """An RFC 3339 date-time with an offset, normalised to UTC with milliseconds (`…Z`):
+    the same instant, however spelled, is the same request (the Idempotency fingerprint)."""
+    match = _RFC3339.fullmatch(value)
+    if match is None:
+        raise ValueError(
+            "must be an RFC 3339 date-time with an offset, e.g. 2026-12-24T09:00:00-05:00"
+        )
+    date, clock, fraction, offset = match.groups()
+    offset = "+00:00" if offset in ("Z", "z") else offset
+    try:  # datetime takes at most 6 fractional digits
+        moment = datetime.fromisoformat(f"{date}T{clock}.{(fraction or '0')[:6]:0<6}{offset}")
+    except ValueError:
+        raise ValueError("is not a valid date-time (month, day or time out of range)") from None
+    return iso_ms(moment)
+
+
+def iso_ms(moment: datetime) -> str:
+    """An aware datetime as the API writes times: UTC, milliseconds, `Z`."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
 PhoneNumber = Annotated[
     StrictStr,
     AfterValidator(us_ca_number),
@@ -113,6 +143,34 @@ class SendRequest(BaseModel):
         Field(min_length=1, max_length=10, description="1–10 absolute http(s) URLs, ≤ 2048 chars"),
     ]
     text: Annotated[StrictStr, Field(min_length=1, max_length=1600), AfterValidator(message_text)]
+    send_at: Annotated[
+        StrictStr | None,
+        AfterValidator(lambda v: None if v is None else rfc3339(v)),
+        Field(
+            description="When to send: an RFC 3339 date-time with an offset, at most 30 days "
+            "ahead (up to 60 s in the past means now). Makes the send asynchronous (202).",
+            examples=["2026-12-24T09:00:00-05:00"],
+            json_schema_extra={"format": "date-time"},
+        ),
+    ] = None
+    quiet_hours: StrictBool = Field(
+        False,
+        description="Hold the send to the recipient's local QUIET_HOURS window (TCPA: 8 am "
+        "to 9 pm). Makes the send asynchronous (202).",
+    )
+
+    @property
+    def is_async(self) -> bool:
+        """`send_at` or quiet hours: the outbox sends it (a `Prefer: respond-async` too)."""
+        return self.send_at is not None or self.quiet_hours
+
+
+class ScheduledResponse(BaseModel):
+    """An asynchronous send, accepted: the outbox sends it at `sendAt` (or later)."""
+
+    id: str = Field(examples=["9f1c2b3a4d5e6f708192a3b4c5d6e7f8"], description="The service's id")
+    status: MessageStatus = Field(examples=["scheduled"])
+    sendAt: str = Field(examples=["2026-12-24T14:00:00.000Z"], description="UTC, milliseconds")
 
 
 class SendResponse(BaseModel):
@@ -143,6 +201,12 @@ class MessageOut(BaseModel):
     errorCode: str | None = Field(examples=[None])
     errorMessage: str | None = Field(examples=[None], description="Meaning of Plivo's code")
     mediaCount: int = Field(examples=[1])
+    sendAt: str | None = Field(
+        None, examples=[None], description="When a scheduled send goes (UTC); null for sync sends"
+    )
+    cancelReason: str | None = Field(
+        None, examples=[None], description="Why it was canceled: caller, opted_out, key_removed"
+    )
     idempotencyKey: str | None = Field(None, examples=["order-1234-receipt"])
     createdAt: str = Field(examples=["2026-11-26T19:55:56.100Z"])
     updatedAt: str = Field(examples=["2026-11-26T19:55:58.000Z"])

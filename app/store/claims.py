@@ -43,19 +43,23 @@ async def claim_due(
     `returning` the columns the worker needs.
     """
     pk = next(iter(table.primary_key.columns))
+    # A materialized CTE, not `IN (subquery)`: PostgreSQL may run a LIMITed subquery more
+    # than once inside the UPDATE's plan, and with SKIP LOCKED each run can pick other
+    # rows -- the fleet saw claims return more rows than `batch`.
     chosen = (
-        select(pk)
+        select(pk.label("id"))
         .where(_due(table, due, now, where))
         .order_by(due)
         .limit(batch)
         .with_for_update(skip_locked=True)  # one replica per row (PostgreSQL)
-        .scalar_subquery()
+        .cte("chosen")
+        .prefix_with("MATERIALIZED")
     )
     # The outer condition repeats the inner one: under READ COMMITTED a row another replica
     # claimed between the two is re-checked, not taken twice.
     result = await conn.execute(
         update(table)
-        .where(pk.in_(chosen), _due(table, due, now, where))
+        .where(pk.in_(select(chosen.c.id)), _due(table, due, now, where))
         .values(claimed_until=now + lease_ms)
         .returning(*returning)
     )

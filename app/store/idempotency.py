@@ -35,6 +35,11 @@ def fingerprint(request: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+def kept_until(created_at: int, keep_until: int | None) -> int:
+    """Until when a record replays: 24 h, or a scheduled send's sendAt + 24 h."""
+    return keep_until if keep_until is not None else created_at + KEEP_MS
+
+
 def lease_ms(timeout_seconds: float, grace_seconds: float) -> int:
     return int((timeout_seconds + grace_seconds + SLOT_AND_MARGIN_SECONDS) * 1000)
 
@@ -68,7 +73,7 @@ async def stored_replay(
         held is None
         or held.state != "done"
         or held.fingerprint != fingerprint
-        or held.created_at < now_ms() - KEEP_MS
+        or kept_until(held.created_at, held.keep_until) < now_ms()
     ):
         return None
     return Claim("replay", held.status_code, held.body.encode(), orjson.loads(held.headers))
@@ -83,6 +88,10 @@ class TakeKey:
     fingerprint: str
     lease_ms: int
     message_row: dict[str, Any]  # inserted (status unknown) when the key is taken
+    # An accepted asynchronous send: its response (status, body, headers JSON) is stored
+    # with the key at once, and its row is inserted as given (`scheduled`).
+    response: tuple[int, str, str] | None = None
+    keep_until: int | None = None
 
     async def run(self, conn: AsyncConnection) -> Claim:
         now = now_ms()
@@ -102,10 +111,10 @@ class TakeKey:
                 caller=self.caller,
                 key=self.key,
                 fingerprint=self.fingerprint,
-                state="in_flight",
                 message_id=self.message_row["id"],
                 created_at=now,
                 lease_until=now + self.lease_ms,
+                **self._state(),
             )
             .returning(idempotency_keys.c.key)
         )
@@ -113,7 +122,7 @@ class TakeKey:
             held = await self._select(conn)
             if held is None:
                 return None
-            if held.created_at >= now - KEEP_MS:
+            if kept_until(held.created_at, held.keep_until) >= now:
                 return await self._held(conn, held, now)
             # Older than 24 h: the key is free again — for one taker only. The condition on
             # the old creation time makes a concurrent replica's identical UPDATE (which
@@ -127,25 +136,43 @@ class TakeKey:
                 )
                 .values(
                     fingerprint=self.fingerprint,
-                    state="in_flight",
-                    status_code=None,
-                    body=None,
-                    headers=None,
                     message_id=self.message_row["id"],
                     created_at=now,
                     lease_until=now + self.lease_ms,
+                    **self._state(),
                 )
                 .returning(idempotency_keys.c.key)
             )
             if retaken.first() is None:
                 held = await self._select(conn)
                 return None if held is None else await self._held(conn, held, now)
+        if self.response is not None:  # a scheduled send: the outbox takes it from here
+            await conn.execute(messages.insert().values(**self.message_row))
+            return Claim("new")
         # The message row waits for its outcome; reconciliation looks at it only once the
         # lease has passed (a crash), never while the send is in flight.
         await conn.execute(
             messages.insert().values(**{**self.message_row, "next_check_at": now + self.lease_ms})
         )
         return Claim("new")
+
+    def _state(self) -> dict[str, Any]:
+        if self.response is None:
+            return {
+                "state": "in_flight",
+                "status_code": None,
+                "body": None,
+                "headers": None,
+                "keep_until": None,
+            }
+        status, body, headers = self.response
+        return {
+            "state": "done",
+            "status_code": status,
+            "body": body,
+            "headers": headers,
+            "keep_until": self.keep_until,
+        }
 
     async def _select(self, conn: AsyncConnection) -> Any:
         query = select(idempotency_keys).where(

@@ -42,7 +42,8 @@ _readers: weakref.WeakKeyDictionary[Database, sqlite3.Connection] = weakref.Weak
 READ_BUSY_MS = 200  # readers wait on a writer only in rare WAL recoveries
 
 
-def _sqlite_reader(db: Database) -> sqlite3.Connection | None:
+def sqlite_reader(db: Database) -> sqlite3.Connection | None:
+    """The plain read-only sqlite3 connection of the hot lookups (None on PostgreSQL)."""
     if db.sqlite_path is None:
         return None
     reader = _readers.get(db)
@@ -60,7 +61,7 @@ def _sqlite_reader(db: Database) -> sqlite3.Connection | None:
 
 async def is_listed(db: Database, number: str) -> bool:
     """Is `number` on the opt-out list now? One primary-key lookup in the shared store."""
-    reader = _sqlite_reader(db)
+    reader = sqlite_reader(db)
     if reader is None:
         async with db.read() as conn:
             return await is_opted_out(conn, number)

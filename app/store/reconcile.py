@@ -38,6 +38,7 @@ async def claim_due(
             messages.c.to_number,
             messages.c.status,
             messages.c.created_at,
+            messages.c.attempt_started_at,
             messages.c.checks,
         ),
     )

@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     SmallInteger,
     String,
+    Text,
     and_,
     bindparam,
     case,
@@ -195,6 +196,9 @@ _finish_message = (
             (messages.c.status_rank >= FINAL_RANK, None),
             else_=bindparam("f_next", type_=BigInteger),
         ),
+        # An outbox send leaves the outbox; its text is kept only with STORE_MESSAGE_TEXT.
+        send_at=None,
+        text=bindparam("f_text", type_=Text),
     )
 )
 
@@ -261,6 +265,7 @@ class RecordMessage(BatchedOp):
                 "f_rank": r["status_rank"],
                 "f_at": r["updated_at"],
                 "f_next": r["next_check_at"],
+                "f_text": r["text"],
             }
             for r in (op.row for op in ops if op.existing)
         ]
@@ -498,11 +503,18 @@ async def purge(conn: AsyncConnection, *, retention_ms: int, day_ms: int = 86_40
     now = now_ms()
     deleted = 0
     for statement in (
-        delete(messages).where(messages.c.created_at < now - retention_ms),
+        # Never a scheduled message or an unknown outcome (both still have work to do).
+        delete(messages).where(
+            messages.c.created_at < now - retention_ms,
+            messages.c.status_rank > STATUS_RANK["unknown"],
+        ),
         delete(events).where(events.c.received_at < now - retention_ms),
         delete(callback_nonces).where(callback_nonces.c.seen_at < now - retention_ms),
         delete(inbound_messages).where(inbound_messages.c.received_at < now - retention_ms),
-        delete(idempotency_keys).where(idempotency_keys.c.created_at < now - day_ms),
+        delete(idempotency_keys).where(
+            func.coalesce(idempotency_keys.c.keep_until, idempotency_keys.c.created_at + day_ms)
+            < now
+        ),
         delete(webhook_deliveries).where(webhook_deliveries.c.created_at < now - retention_ms),
     ):
         deleted += (await conn.execute(statement)).rowcount or 0

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData()
@@ -39,12 +40,39 @@ messages = Table(
     Column("updated_at", BigInteger, nullable=False),
     Column("next_check_at", BigInteger),  # reconciliation: next lookup; NULL = settled
     Column("checks", Integer, nullable=False, server_default="0"),
-    Column("claimed_until", BigInteger),  # reconciliation lease of one replica
+    Column("claimed_until", BigInteger),  # lease of one replica's worker (outbox, reconciler)
+    # The outbox (scheduled and asynchronous sends). `send_at` is its due time: set while
+    # the message is `scheduled`, NULL otherwise (so a row is due for the outbox or for
+    # reconciliation, never both). `scheduled_for` is the sendAt the caller was given
+    # (give-up runs from it); `attempt_started_at` is set, committed, just before the POST:
+    # a claim that finds it set belongs to a holder that died mid-send (an unknown outcome).
+    Column("send_at", BigInteger),
+    Column("scheduled_for", BigInteger),
+    Column("attempt_started_at", BigInteger),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("cancel_reason", String(16)),  # caller | opted_out | key_removed
+    Column("quiet_hours", Boolean, nullable=False, server_default=false()),
+    Column("media_urls", Text),  # JSON list, kept for the outbox's send
 )
 Index("ix_messages_caller_created", messages.c.caller, messages.c.created_at, messages.c.id)
 Index("ix_messages_caller_idempotency", messages.c.caller, messages.c.idempotency_key)
 Index("ix_messages_next_check", messages.c.next_check_at)
 Index("ix_messages_created", messages.c.created_at)
+# Partial: only messages waiting in the outbox (a small set) are indexed.
+_PENDING = messages.c.send_at.isnot(None)
+Index(
+    "ix_messages_send_at",
+    messages.c.send_at,
+    postgresql_where=_PENDING,
+    sqlite_where=_PENDING,
+)
+Index(
+    "ix_messages_caller_send_at",
+    messages.c.caller,
+    messages.c.send_at,
+    postgresql_where=_PENDING,
+    sqlite_where=_PENDING,
+)
 
 # Delivery reports (Plivo callbacks and reconciliation lookups), also for uuids not yet known.
 events = Table(
@@ -88,6 +116,8 @@ idempotency_keys = Table(
     Column("message_id", String(32)),
     Column("created_at", BigInteger, nullable=False),
     Column("lease_until", BigInteger, nullable=False),
+    # Kept until then (a scheduled send's: its sendAt + 24 h); NULL: created_at + 24 h.
+    Column("keep_until", BigInteger),
 )
 Index("ix_idempotency_created", idempotency_keys.c.created_at)
 

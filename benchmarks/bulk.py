@@ -1,0 +1,173 @@
+"""Scenario 6, "bulk": a batch handed over with `Prefer: respond-async`, then sent by the
+outbox at SEND_RATE.
+
+Two runs, each on a fresh SQLite store, the service on one core (taskset), the fake Plivo on
+the other:
+
+- **accept**: `count` respond-async sends (each with `send_at` a day ahead, so nothing is
+  sent meanwhile) from 50 concurrent connections: accepts per second, p50/p99 of the 202,
+  the service's CPU per accepted send.
+- **drain**: `count` sends accepted the same way but due at one moment a little after
+  the acceptance ends; from then, the outbox alone works: the achieved send rate (from the
+  first to the last send the fake received) against SEND_RATE, and the service's CPU per
+  outbox send.
+
+The caller is one batch sender: RATE_LIMIT is raised for it (the per-IP limit is for many
+clients), every other feature is on as in the other scenarios.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+CONNECTIONS = 50
+
+
+def _bodies(count: int, media_url: str, send_at: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "to": f"+1415{5550000 + i % 10000:07d}",
+            "media_urls": [media_url],
+            "text": f"bulk {i}",
+            "send_at": send_at,
+        }
+        for i in range(count)
+    ]
+
+
+async def _accept(url: str, api_key: str, bodies: list[dict[str, Any]]) -> list[float]:
+    """POST every body with `Prefer: respond-async` over CONNECTIONS connections: the
+    latency of each 202 (seconds)."""
+    latencies: list[float] = []
+    queue = list(reversed(bodies))
+    headers = {"X-API-Key": api_key, "Prefer": "respond-async"}
+    limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+
+        async def worker() -> None:
+            while queue:
+                body = queue.pop()
+                started = time.perf_counter()
+                response = await client.post("/api/mms/send", json=body, headers=headers)
+                latencies.append(time.perf_counter() - started)
+                if response.status_code != 202:
+                    raise RuntimeError(f"bulk: {response.status_code} {response.text[:200]}")
+
+        await asyncio.gather(*(worker() for _ in range(CONNECTIONS)))
+    return latencies
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _fake_accepted(fake_url: str) -> int:
+    return int(httpx.get(f"{fake_url}/_stats", timeout=5).json()["accepted"])
+
+
+def bulk(
+    *,
+    count: int,
+    rate: float,
+    start: Callable[[str], Any],
+    stop: Callable[[Any], None],
+    cpu_seconds: Callable[[int], float],
+    service_url: str,
+    fake_url: str,
+    api_key: str,
+    media_url: str,
+) -> dict[str, Any]:
+    """`start(name)` starts the service on a fresh store and returns its process."""
+    # 1. Acceptance alone.
+    proc = start("bulk-accept")
+    try:
+        later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+        asyncio.run(_accept(service_url, api_key, _bodies(100, media_url, later)))  # warm-up
+        cpu = cpu_seconds(proc.pid)
+        started = time.perf_counter()
+        latencies = asyncio.run(_accept(service_url, api_key, _bodies(count, media_url, later)))
+        took = time.perf_counter() - started
+        accept_cpu = cpu_seconds(proc.pid) - cpu
+    finally:
+        stop(proc)
+    accept = {
+        "count": count,
+        "seconds": round(took, 2),
+        "accepts_per_s": round(count / took, 1),
+        "p50_ms": round(statistics.median(latencies) * 1000, 1),
+        "p99_ms": round(_quantile(latencies, 0.99) * 1000, 1),
+        "svc_cpu_ms_per_accept": round(accept_cpu * 1000 / count, 3),
+    }
+    print(f"    accept: {accept}", flush=True)
+
+    # 2. The drain: everything due at one moment after the acceptance.
+    proc = start("bulk-drain")
+    try:
+        lead = max(5.0, 1.5 * took + 2)  # acceptance runs at about the rate measured above
+        due = datetime.now(UTC) + timedelta(seconds=lead)
+        before = _fake_accepted(fake_url)
+        asyncio.run(_accept(service_url, api_key, _bodies(count, media_url, due.isoformat())))
+        wait = (due - datetime.now(UTC)).total_seconds()
+        if wait <= 0:
+            raise RuntimeError("bulk: the acceptance outlasted its lead; raise it")
+        time.sleep(max(0.0, wait - 0.5))
+        cpu = cpu_seconds(proc.pid)
+        first = last = quarter = three_quarters = None
+        sent = 0
+        deadline = time.monotonic() + count / rate * 3 + 60
+        while time.monotonic() < deadline:
+            sent = _fake_accepted(fake_url) - before
+            now = time.monotonic()
+            if sent and first is None:
+                first = now
+            if sent >= count // 4 and quarter is None:
+                quarter = now
+            if sent >= 3 * count // 4 and three_quarters is None:
+                three_quarters = now
+            if sent >= count:
+                last = now
+                break
+            time.sleep(0.02)
+        drain_cpu = cpu_seconds(proc.pid) - cpu
+    finally:
+        stop(proc)
+    if first is None or last is None:
+        raise RuntimeError(f"bulk: only {sent} of {count} sent in time")
+    drained = last - first
+    burst = max(1, int(rate))
+    drain = {
+        "count": count,
+        "send_rate": rate,
+        "seconds": round(drained, 2),
+        # The first second's burst goes at once; the rest at the rate.
+        "expected_seconds": round(max(0, count - burst) / rate, 2),
+        "achieved_per_s": round((count - 1) / drained, 1) if drained > 0 else None,
+        # The steady pace, between a quarter and three quarters sent: the burst and a late
+        # first send (the first claims, marks and preflight) do not enter it.
+        "steady_per_s": round((count // 2) / (three_quarters - quarter), 1)
+        if quarter is not None and three_quarters is not None and three_quarters > quarter
+        else None,
+        "svc_cpu_ms_per_send": round(drain_cpu * 1000 / count, 3),
+    }
+    print(f"    drain: {drain}", flush=True)
+    return {"accept": accept, "drain": drain}
+
+
+def report_lines(result: dict[str, Any]) -> list[str]:
+    a, d = result["accept"], result["drain"]
+    return [
+        f"| 6. bulk: {a['count']:,} respond-async accepts | — | {a['accepts_per_s']:.0f}/s "
+        f"(p50 {a['p50_ms']} ms, p99 {a['p99_ms']} ms, {a['svc_cpu_ms_per_accept']} ms CPU "
+        "each) | | reported |",
+        f"| 6. bulk: drained by the outbox | — | {d['steady_per_s']}/s steady at SEND_RATE "
+        f"{d['send_rate']:g}/s (all in {d['seconds']} s, expected {d['expected_seconds']} s "
+        f"after the burst; {d['svc_cpu_ms_per_send']} ms CPU per send) | | = SEND_RATE |",
+    ]
