@@ -265,6 +265,7 @@ class Outbox(ClaimingWorker):
             settings=self.settings,
             attempt_started=started,
         )
+        fields["caller"] = row["caller"]  # whose webhook endpoint hears of it
         await record_outcome(self.db, fields, existing=True)
         if self._on_sent:
             self._on_sent("outbox", status.value)
