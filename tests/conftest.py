@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import compileall
+import functools
 import os
 import shutil
 import subprocess
@@ -28,10 +30,19 @@ from tests.helpers import (  # noqa: F401  (re-exported: older tests import them
     asgi_client,
     psql,
 )
+from tests.pgschemas import SchemaPool
 
 # Tests configure the service explicitly: nothing from the developer's shell leaks in.
 for _name in Settings.model_fields:
     os.environ.pop(_name.upper(), None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Byte-compile app/ once, before any test starts `python -m app` (dozens do). With
+    PYTHONDONTWRITEBYTECODE=1 (set on some machines and in the image) every start would
+    compile it again (~0.5 s); `make run` does the same. Once per run: not in xdist workers."""
+    if not hasattr(config, "workerinput"):
+        compileall.compile_dir(Path(__file__).resolve().parent.parent / "app", quiet=1)
 
 
 @pytest.fixture(scope="session")
@@ -180,6 +191,7 @@ def redis_url() -> Iterator[str]:
     client.close()
 
 
+@functools.cache
 def _postgres_available() -> bool:
     try:
         return psql("SELECT 1").strip() == "1"
@@ -187,25 +199,41 @@ def _postgres_available() -> bool:
         return False
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A private schema on the machine's real PostgreSQL, dropped afterwards.
-
-    The schema belongs to a role of the same name, so PostgreSQL's default search_path
-    ("$user", public) puts the service's tables there with nothing but the URL configured.
-    Skips on a laptop without PostgreSQL; never in CI (CI=true).
-    """
+def _require_postgres() -> None:
+    """Skips on a laptop without PostgreSQL; never in CI (CI=true)."""
     if not _postgres_available():
         if os.environ.get("CI") == "true":
             pytest.fail("PostgreSQL is required in CI but 127.0.0.1:5432 is unreachable")
         pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432")
-    name = "t_" + os.urandom(6).hex()
-    psql(f"CREATE ROLE {name} LOGIN; CREATE SCHEMA {name} AUTHORIZATION {name};")
-    yield f"postgresql+asyncpg://{name}@127.0.0.1:5432/test"
-    psql(
-        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{name}';"
-        f"DROP SCHEMA {name} CASCADE; DROP ROLE {name};"
-    )
+
+
+@pytest.fixture(scope="session")
+def postgres_schemas() -> Iterator[SchemaPool]:
+    pool = SchemaPool()
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_schemas: SchemaPool) -> Iterator[str]:
+    """A private schema on the machine's real PostgreSQL, already migrated (tests/pgschemas.py).
+
+    The schema belongs to a role of the same name, so PostgreSQL's default search_path
+    ("$user", public) puts the service's tables there with nothing but the URL configured.
+    """
+    _require_postgres()
+    url = postgres_schemas.migrated()
+    yield url
+    postgres_schemas.finished(url)
+
+
+@pytest.fixture
+def empty_postgres_url(postgres_schemas: SchemaPool) -> Iterator[str]:
+    """Like `postgres_url`, with no tables yet: for the tests of the migrations."""
+    _require_postgres()
+    url = postgres_schemas.empty()
+    yield url
+    postgres_schemas.finished(url)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -213,6 +241,14 @@ def store_url(request: pytest.FixtureRequest) -> str:
     """Run the test on both stores: same code, same tests."""
     fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
     return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Both stores with nothing in them yet: for the tests of the migrations."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/fresh.db"
+    return str(request.getfixturevalue("empty_postgres_url"))
 
 
 # The fleet: deploy/compose.yaml's replicas behind deploy/nginx/nginx.conf, on loopback
