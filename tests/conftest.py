@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import compileall
 import functools
+import itertools
 import os
 import shutil
 import subprocess
@@ -303,18 +304,52 @@ def fleet(start_fleet: Callable[..., Any]) -> Any:
 @pytest.fixture
 def server_factory(fake_plivo: FakePlivo, tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """`server_factory(**env)` starts `python -m app` (stopped after the test); each call on
-    the same test shares the SQLite file, so a second call is a restart."""
+    the same test shares the SQLite file, so a second call is a restart. Calls may come from
+    several threads, to start processes side by side."""
     from tests.server import Server, base_env
 
     started: list[Server] = []
+    numbers = itertools.count()
 
     def start(**overrides: Any) -> Server:
         env = base_env(fake_plivo.url, DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/mms.db")
         env.update({k.upper(): str(v) for k, v in overrides.items()})
-        server = Server(env, tmp_path / f"server{len(started)}.log")
+        server = Server(env, tmp_path / f"server{next(numbers)}.log")
         started.append(server)
         return server.wait_healthy()
 
     yield start
     for server in started:
         server.kill()
+
+
+@pytest.fixture(scope="module")
+def module_server_factory(
+    fake_plivo_server: FakePlivo, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Any]]:
+    """Like `server_factory`, for processes that a module's tests share (tests that only read
+    from them, or each on its own data): one start instead of one per test."""
+    from tests.server import Server, base_env
+
+    started: list[Server] = []
+
+    def start(**overrides: Any) -> Server:
+        path = tmp_path_factory.mktemp("server")
+        env = base_env(fake_plivo_server.url, DATABASE_URL=f"sqlite+aiosqlite:///{path}/mms.db")
+        env.update({k.upper(): str(v) for k, v in overrides.items()})
+        server = Server(env, path / "server.log")
+        started.append(server)
+        return server.wait_healthy()
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+@pytest.fixture
+def fast_reconciler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle reconciler looks for due messages every 0.1 s instead of every 2 s: tests that
+    wait for a lookup wait for the lookup, not for the poll period."""
+    from app import reconcile
+
+    monkeypatch.setattr(reconcile, "IDLE_POLL_SECONDS", 0.1)

@@ -249,7 +249,9 @@ async def test_group_commit_batches_are_observed(settings_factory, client_for, f
     )
 
 
-async def test_reconciliation_lookups_and_backlog(settings_factory, client_for, fake_plivo):
+async def test_reconciliation_lookups_and_backlog(
+    settings_factory, client_for, fake_plivo, fast_reconciler
+):
     """Due messages show in the backlog gauge; a lookup Plivo answers is `found`."""
     settings = settings_factory(reconcile_after_seconds=0, reconcile_rate=1)
     async with client_for(settings) as client:

@@ -440,7 +440,7 @@ async def test_nonces_recorded_with_the_inbound_row(app):
 
 
 async def test_error_200_from_a_reconciliation_lookup_lists_the_number(
-    settings_factory, client_for, fake_plivo, store_url
+    settings_factory, client_for, fake_plivo, store_url, fast_reconciler
 ):
     settings = settings_factory(
         database_url=store_url, reconcile_after_seconds=0, reconcile_rate=50, api_keys=API_KEYS

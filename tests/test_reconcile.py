@@ -24,7 +24,7 @@ async def eventually(probe, timeout=15.0):
 
 
 @pytest.fixture
-def fast(settings_factory, store_url):
+def fast(settings_factory, store_url, fast_reconciler):
     def make(**overrides):
         values = {"database_url": store_url, "reconcile_after_seconds": 0, "reconcile_rate": 50}
         return settings_factory(**{**values, **overrides})
@@ -99,7 +99,7 @@ async def test_gives_up_and_settles_as_it_is(fast, client_for, fake_plivo):
 
         row = await eventually(settled)
         lookups = len(fake_plivo.lookups())
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(0.5)  # five idle polls
     assert row.status == "sent"
     assert len(fake_plivo.lookups()) == lookups  # no more lookups
 

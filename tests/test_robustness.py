@@ -163,7 +163,9 @@ async def test_an_unexpected_send_failure_is_an_unknown_outcome(client, fake_pli
     assert [m["status"] for m in listed] == ["unknown"]
 
 
-async def test_the_reconciler_survives_a_failing_message(settings_factory, client_for, fake_plivo):
+async def test_the_reconciler_survives_a_failing_message(
+    settings_factory, client_for, fake_plivo, fast_reconciler
+):
     settings = settings_factory(reconcile_after_seconds=0, reconcile_rate=50)
     async with client_for(settings) as client:
         reconciler = client.services.reconciler
@@ -187,7 +189,7 @@ async def test_the_reconciler_survives_a_failing_message(settings_factory, clien
 
 
 async def test_unknown_stays_unknown_when_the_last_lookup_failed(
-    settings_factory, client_for, fake_plivo
+    settings_factory, client_for, fake_plivo, fast_reconciler
 ):
     """Only Plivo saying it has no such message makes an unknown outcome `not_sent`."""
     fake_plivo.script(fp.drop())
@@ -197,10 +199,21 @@ async def test_unknown_stays_unknown_when_the_last_lookup_failed(
     async with client_for(settings) as client:
         fake_plivo.lookups_fail = True
         assert (await client.post("/api/mms/send", json=VALID)).status_code == 502
-        await asyncio.sleep(3)
+        # The second check comes 1 s after the first: past RECONCILE_GIVE_UP_HOURS (1 s).
+        await asyncio.wait_for(_checked(client.services.db, times=2), 15)
         items = (await client.get("/api/mms")).json()["items"]
     assert items[0]["status"] == "unknown"
-    assert len(fake_plivo.lookups()) >= 1
+    assert len(fake_plivo.lookups()) >= 2
+
+
+async def _checked(db, times):
+    """Until the reconciler has finished `times` checks of the one message."""
+    while True:
+        async with db.read() as conn:
+            checks = (await conn.execute(select(messages.c.checks))).scalar_one()
+        if checks >= times:
+            return
+        await asyncio.sleep(0.05)
 
 
 async def test_limits_count_only_sends_that_reach_plivo(settings_factory, client_for, fake_plivo):
