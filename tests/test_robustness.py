@@ -16,7 +16,7 @@ from app.store.idempotency import KEEP_MS, TakeKey
 from app.store.repository import RecordMessage, now_ms
 from app.store.tables import idempotency_keys, messages
 from tests import fakeplivo as fp
-from tests.helpers import VALID
+from tests.helpers import VALID, wait_for
 from tests.signing import FORM, form, v3_headers
 
 
@@ -103,10 +103,12 @@ async def test_a_write_that_never_commits_fails_in_bounded_time(sqlite_url, monk
     monkeypatch.setattr(store_db, "WRITE_TIMEOUT_SECONDS", 0.3)
     db = Database(sqlite_url)
     await db.start()
+    release = asyncio.Event()  # the write hangs until the test is done with it
     started = time.monotonic()
     with pytest.raises(StoreUnavailable):
-        await db.write(FunctionOp(lambda c: asyncio.sleep(5)))
+        await db.write(FunctionOp(lambda c: release.wait()))
     assert time.monotonic() - started < 3
+    release.set()
     await db.close()
 
 
@@ -232,14 +234,19 @@ async def test_limits_count_only_sends_that_reach_plivo(settings_factory, client
 async def test_a_send_without_a_slot_counts_against_no_limit(
     settings_factory, client_for, fake_plivo
 ):
+    """No concurrency slot within a second: 503 with Retry-After: 1, before Plivo, and no
+    limit counts it."""
     fake_plivo.set_default(fp.ok(delay=2.0))
     settings = settings_factory(plivo_max_concurrency=1, rate_limit_per_destination="2/hour")
     async with client_for(settings) as client:
         first = asyncio.create_task(client.post("/api/mms/send", json=VALID))
-        await asyncio.sleep(0.3)
+        # the first send holds the one slot, at Plivo
+        await asyncio.to_thread(wait_for, lambda: fake_plivo.in_flight >= 1)
         starved = await client.post("/api/mms/send", json=VALID)
-        assert starved.status_code == 503
+        assert starved.status_code == 503 and starved.headers["retry-after"] == "1"
+        assert starved.json()["code"] == "upstream_unavailable"
         assert (await first).status_code == 200
+        assert len(fake_plivo.sends()) == 1  # the starved send never reached Plivo
         fake_plivo.set_default(fp.ok())
         assert (await client.post("/api/mms/send", json=VALID)).status_code == 200
 
