@@ -254,15 +254,13 @@ def empty_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 # The fleet: deploy/compose.yaml's replicas behind deploy/nginx/nginx.conf, on loopback
 # (tests/fleet.py). Imported lazily: tests.fleet is only needed by the fleet tests.
-@pytest.fixture
-def start_fleet(
-    fake_plivo: FakePlivo, tmp_path: Any, postgres_url: str
-) -> Iterator[Callable[..., Any]]:
-    """`start_fleet(RATE_LIMIT="5/minute", ...)` -> a running Fleet; stopped after the test.
-
-    Each test gets its own database on the machine's Redis (flushed before and after);
-    `redis_port=` points the replicas at a private redis-server instead.
-    """
+@pytest.fixture(scope="module")
+def fleets(
+    fake_plivo_server: FakePlivo,
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres_schemas: SchemaPool,
+) -> Iterator[Any]:
+    """The module's fleets (tests/fleet.py `Fleets`), under the machine-wide fleet lock."""
     import shutil
 
     from tests import fleet as harness
@@ -270,29 +268,31 @@ def start_fleet(
     harness.require(
         shutil.which("nginx") is not None, "nginx not installed (apt-get install nginx)"
     )
+    _require_postgres()
     with harness.fleet_lock():
         harness.map_hosts()
-        with harness.flushed_redis_db() as db:
-            started: list[Any] = []
+        fleets = harness.Fleets(
+            fake_plivo_server,
+            tmp_path_factory.mktemp("fleets"),
+            api_keys=API_KEYS,
+            schemas=postgres_schemas,
+        )
+        try:
+            yield fleets
+        finally:
+            fleets.stop()
 
-            def start(**settings: Any) -> Any:
-                workdir = tmp_path / f"fleet{len(started)}"
-                fleet = harness.start_fleet(
-                    fake_plivo,
-                    workdir,
-                    api_keys=API_KEYS,
-                    redis_db=db,
-                    database_role=postgres_url.split("//")[1].split("@")[0],
-                    **settings,
-                )
-                started.append(fleet)
-                return fleet
 
-            try:
-                yield start
-            finally:
-                for fleet in started:
-                    fleet.stop()
+@pytest.fixture
+def start_fleet(fleets: Any, fake_plivo: FakePlivo) -> Iterator[Callable[..., Any]]:
+    """`start_fleet(RATE_LIMIT="5/minute", ...)` -> a running Fleet, for this test.
+
+    Each fleet has its own database on the machine's Redis (emptied before each test) and
+    its own PostgreSQL schema; `redis_port=` points the replicas at a private redis-server
+    instead. Consecutive tests with the same settings share one fleet (`Fleets`).
+    """
+    yield fleets.get
+    fleets.after_test()
 
 
 @pytest.fixture
