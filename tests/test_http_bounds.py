@@ -12,7 +12,8 @@ import pytest
 
 from app.http_protocol import HEADER_TIMEOUT_SECONDS, KEEP_ALIVE_SECONDS, MAX_HEADER_BYTES
 
-pytestmark = pytest.mark.e2e
+# One worker for the module: its tests share one server.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("http_bounds")]
 
 
 @pytest.fixture(scope="module")
