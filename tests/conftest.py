@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import compileall
+import functools
+import itertools
 import os
 import shutil
 import subprocess
@@ -28,10 +31,19 @@ from tests.helpers import (  # noqa: F401  (re-exported: older tests import them
     asgi_client,
     psql,
 )
+from tests.pgschemas import SchemaPool
 
 # Tests configure the service explicitly: nothing from the developer's shell leaks in.
 for _name in Settings.model_fields:
     os.environ.pop(_name.upper(), None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Byte-compile app/ once, before any test starts `python -m app` (dozens do). With
+    PYTHONDONTWRITEBYTECODE=1 (set on some machines and in the image) every start would
+    compile it again (~0.5 s); `make run` does the same. Once per run: not in xdist workers."""
+    if not hasattr(config, "workerinput"):
+        compileall.compile_dir(Path(__file__).resolve().parent.parent / "app", quiet=1)
 
 
 @pytest.fixture(scope="session")
@@ -180,6 +192,7 @@ def redis_url() -> Iterator[str]:
     client.close()
 
 
+@functools.cache
 def _postgres_available() -> bool:
     try:
         return psql("SELECT 1").strip() == "1"
@@ -187,25 +200,41 @@ def _postgres_available() -> bool:
         return False
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A private schema on the machine's real PostgreSQL, dropped afterwards.
-
-    The schema belongs to a role of the same name, so PostgreSQL's default search_path
-    ("$user", public) puts the service's tables there with nothing but the URL configured.
-    Skips on a laptop without PostgreSQL; never in CI (CI=true).
-    """
+def _require_postgres() -> None:
+    """Skips on a laptop without PostgreSQL; never in CI (CI=true)."""
     if not _postgres_available():
         if os.environ.get("CI") == "true":
             pytest.fail("PostgreSQL is required in CI but 127.0.0.1:5432 is unreachable")
         pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432")
-    name = "t_" + os.urandom(6).hex()
-    psql(f"CREATE ROLE {name} LOGIN; CREATE SCHEMA {name} AUTHORIZATION {name};")
-    yield f"postgresql+asyncpg://{name}@127.0.0.1:5432/test"
-    psql(
-        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{name}';"
-        f"DROP SCHEMA {name} CASCADE; DROP ROLE {name};"
-    )
+
+
+@pytest.fixture(scope="session")
+def postgres_schemas() -> Iterator[SchemaPool]:
+    pool = SchemaPool()
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_schemas: SchemaPool) -> Iterator[str]:
+    """A private schema on the machine's real PostgreSQL, already migrated (tests/pgschemas.py).
+
+    The schema belongs to a role of the same name, so PostgreSQL's default search_path
+    ("$user", public) puts the service's tables there with nothing but the URL configured.
+    """
+    _require_postgres()
+    url = postgres_schemas.migrated()
+    yield url
+    postgres_schemas.finished(url)
+
+
+@pytest.fixture
+def empty_postgres_url(postgres_schemas: SchemaPool) -> Iterator[str]:
+    """Like `postgres_url`, with no tables yet: for the tests of the migrations."""
+    _require_postgres()
+    url = postgres_schemas.empty()
+    yield url
+    postgres_schemas.finished(url)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -215,17 +244,23 @@ def store_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue(fixture))
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Both stores with nothing in them yet: for the tests of the migrations."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/fresh.db"
+    return str(request.getfixturevalue("empty_postgres_url"))
+
+
 # The fleet: deploy/compose.yaml's replicas behind deploy/nginx/nginx.conf, on loopback
 # (tests/fleet.py). Imported lazily: tests.fleet is only needed by the fleet tests.
-@pytest.fixture
-def start_fleet(
-    fake_plivo: FakePlivo, tmp_path: Any, postgres_url: str
-) -> Iterator[Callable[..., Any]]:
-    """`start_fleet(RATE_LIMIT="5/minute", ...)` -> a running Fleet; stopped after the test.
-
-    Each test gets its own database on the machine's Redis (flushed before and after);
-    `redis_port=` points the replicas at a private redis-server instead.
-    """
+@pytest.fixture(scope="module")
+def fleets(
+    fake_plivo_server: FakePlivo,
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres_schemas: SchemaPool,
+) -> Iterator[Any]:
+    """The module's fleets (tests/fleet.py `Fleets`), under the machine-wide fleet lock."""
     import shutil
 
     from tests import fleet as harness
@@ -233,29 +268,31 @@ def start_fleet(
     harness.require(
         shutil.which("nginx") is not None, "nginx not installed (apt-get install nginx)"
     )
+    _require_postgres()
     with harness.fleet_lock():
         harness.map_hosts()
-        with harness.flushed_redis_db() as db:
-            started: list[Any] = []
+        fleets = harness.Fleets(
+            fake_plivo_server,
+            tmp_path_factory.mktemp("fleets"),
+            api_keys=API_KEYS,
+            schemas=postgres_schemas,
+        )
+        try:
+            yield fleets
+        finally:
+            fleets.stop()
 
-            def start(**settings: Any) -> Any:
-                workdir = tmp_path / f"fleet{len(started)}"
-                fleet = harness.start_fleet(
-                    fake_plivo,
-                    workdir,
-                    api_keys=API_KEYS,
-                    redis_db=db,
-                    database_role=postgres_url.split("//")[1].split("@")[0],
-                    **settings,
-                )
-                started.append(fleet)
-                return fleet
 
-            try:
-                yield start
-            finally:
-                for fleet in started:
-                    fleet.stop()
+@pytest.fixture
+def start_fleet(fleets: Any, fake_plivo: FakePlivo) -> Iterator[Callable[..., Any]]:
+    """`start_fleet(RATE_LIMIT="5/minute", ...)` -> a running Fleet, for this test.
+
+    Each fleet has its own database on the machine's Redis (emptied before each test) and
+    its own PostgreSQL schema; `redis_port=` points the replicas at a private redis-server
+    instead. Consecutive tests with the same settings share one fleet (`Fleets`).
+    """
+    yield fleets.get
+    fleets.after_test()
 
 
 @pytest.fixture
@@ -267,18 +304,52 @@ def fleet(start_fleet: Callable[..., Any]) -> Any:
 @pytest.fixture
 def server_factory(fake_plivo: FakePlivo, tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """`server_factory(**env)` starts `python -m app` (stopped after the test); each call on
-    the same test shares the SQLite file, so a second call is a restart."""
+    the same test shares the SQLite file, so a second call is a restart. Calls may come from
+    several threads, to start processes side by side."""
     from tests.server import Server, base_env
 
     started: list[Server] = []
+    numbers = itertools.count()
 
     def start(**overrides: Any) -> Server:
         env = base_env(fake_plivo.url, DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/mms.db")
         env.update({k.upper(): str(v) for k, v in overrides.items()})
-        server = Server(env, tmp_path / f"server{len(started)}.log")
+        server = Server(env, tmp_path / f"server{next(numbers)}.log")
         started.append(server)
         return server.wait_healthy()
 
     yield start
     for server in started:
         server.kill()
+
+
+@pytest.fixture(scope="module")
+def module_server_factory(
+    fake_plivo_server: FakePlivo, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Any]]:
+    """Like `server_factory`, for processes that a module's tests share (tests that only read
+    from them, or each on its own data): one start instead of one per test."""
+    from tests.server import Server, base_env
+
+    started: list[Server] = []
+
+    def start(**overrides: Any) -> Server:
+        path = tmp_path_factory.mktemp("server")
+        env = base_env(fake_plivo_server.url, DATABASE_URL=f"sqlite+aiosqlite:///{path}/mms.db")
+        env.update({k.upper(): str(v) for k, v in overrides.items()})
+        server = Server(env, path / "server.log")
+        started.append(server)
+        return server.wait_healthy()
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+@pytest.fixture
+def fast_reconciler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle reconciler looks for due messages every 0.1 s instead of every 2 s: tests that
+    wait for a lookup wait for the lookup, not for the poll period."""
+    from app.reconcile import Reconciler
+
+    monkeypatch.setattr(Reconciler, "idle_poll_seconds", 0.1)

@@ -320,12 +320,14 @@ class Replica:
     server: Server
     env: dict[str, str] = field(default_factory=dict, repr=False)  # to restart it
     restarts: int = 0
+    since: int = 0  # where the current test's part of its log begins (a fleet is reused)
 
     def restart(self) -> None:
         """Start it again after a kill: same address, same settings, a log of its own."""
         self.restarts += 1
         log_path = self.server.log_path.with_suffix(f".{self.restarts}.log")
         self.server = Server(dict(self.env), log_path).wait_healthy()
+        self.since = 0  # a new log
 
     @property
     def url(self) -> str:
@@ -338,10 +340,11 @@ class Replica:
     def logs(self) -> str:
         return self.server.logs()
 
-    def events(self, event: str | None = None, since: int = 0) -> list[dict[str, Any]]:
-        """Its JSON log lines (from character `since` of logs()), optionally one event only."""
+    def events(self, event: str | None = None, since: int | None = None) -> list[dict[str, Any]]:
+        """Its JSON log lines (from character `since` of logs(), by default from the start of
+        the current test), optionally one event only."""
         found = []
-        text = self.logs()[since:]
+        text = self.logs()[self.since if since is None else since :]
         for line in text[: text.rfind("\n") + 1].splitlines():  # complete lines only
             if line.startswith("{"):
                 record = json.loads(line)
@@ -349,8 +352,8 @@ class Replica:
                     found.append(record)
         return found
 
-    def sends(self, since: int = 0) -> list[dict[str, Any]]:
-        """The request lines of the send route it served."""
+    def sends(self, since: int | None = None) -> list[dict[str, Any]]:
+        """The request lines of the send route it served (by default, in the current test)."""
         return [r for r in self.events("request", since) if r.get("route") == "/api/mms/send"]
 
 
@@ -369,6 +372,10 @@ class Fleet:
     def marks(self) -> list[int]:
         """Where each replica's log ends now: pass to `events(since=...)`."""
         return [len(r.logs()) for r in self.replicas]
+
+    def alive(self) -> bool:
+        procs = [self.nginx.proc, *(r.server.proc for r in self.replicas)]
+        return not self._stopped and all(p is not None and p.poll() is None for p in procs)
 
     def stop(self) -> None:
         if self._stopped:
@@ -425,6 +432,13 @@ def start_fleet(
 _next_db = itertools.cycle(FLEET_REDIS_DBS)
 
 
+def redis_url_for(db: int) -> str:
+    """compose's Redis URL (host `redis`, mapped to the machine's) with database `db`."""
+    spec = compose_spec()
+    compose_url = spec["services"][replica_names(spec)[0]]["environment"]["RATE_LIMIT_STORAGE_URL"]
+    return with_db(compose_url, db)
+
+
 @contextlib.contextmanager
 def flushed_redis_db() -> Iterator[int]:
     """A database of the machine's Redis, emptied before and after; refuses foreign keys.
@@ -432,9 +446,7 @@ def flushed_redis_db() -> Iterator[int]:
     Consecutive tests get different databases, so leftovers could not leak between them.
     """
     db = next(_next_db)
-    spec = compose_spec()
-    compose_url = spec["services"][replica_names(spec)[0]]["environment"]["RATE_LIMIT_STORAGE_URL"]
-    url = with_db(compose_url, db)
+    url = redis_url_for(db)
     client_ = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
     try:
         client_.ping()
@@ -452,3 +464,55 @@ def flushed_redis_db() -> Iterator[int]:
             client_.flushdb()
     finally:
         client_.close()
+
+
+class Fleets:
+    """The fleets of one test module, one at a time (fixed ports). A test asking for the same
+    settings as the test before it gets the same running fleet, with its Redis database
+    emptied (rate-limit windows, quota counters), its replicas' logs counted from there, and
+    the fake's state already reset by its fixture; PostgreSQL keeps the earlier tests' rows,
+    which no fleet test reads (each sends to new numbers, under new keys). A fleet with a
+    dead process (a test killed a replica) or a private Redis is never reused."""
+
+    def __init__(self, fake: FakePlivo, workdir: Path, *, api_keys: str, schemas: Any) -> None:
+        self.fake, self.workdir, self.api_keys, self.schemas = fake, workdir, api_keys, schemas
+        self.current: Fleet | None = None
+        self._key: tuple[tuple[str, str], ...] | None = None
+        self._stack = contextlib.ExitStack()
+        self._redis: redis.Redis | None = None
+        self._count = itertools.count()
+
+    def get(self, **settings: Any) -> Fleet:
+        key = tuple(sorted((k, str(v)) for k, v in settings.items()))
+        if self.current is not None and key == self._key and self.current.alive():
+            assert self._redis is not None
+            self._redis.flushdb()
+            for replica, mark in zip(self.current.replicas, self.current.marks(), strict=True):
+                replica.since = mark
+            return self.current
+        self.stop()
+        db = self._stack.enter_context(flushed_redis_db())
+        url = self.schemas.migrated()
+        self._stack.callback(self.schemas.finished, url)
+        self._redis = redis.Redis.from_url(redis_url_for(db))
+        self._stack.callback(self._redis.close)
+        self.current = start_fleet(
+            self.fake,
+            self.workdir / f"fleet{next(self._count)}",
+            api_keys=self.api_keys,
+            redis_db=db,
+            database_role=url.split("//")[1].split("@")[0],
+            **settings,
+        )
+        self._stack.callback(self.current.stop)
+        self._key = None if "redis_port" in settings else key
+        return self.current
+
+    def after_test(self) -> None:
+        """Stop a fleet that cannot serve another test."""
+        if self.current is not None and (self._key is None or not self.current.alive()):
+            self.stop()
+
+    def stop(self) -> None:
+        self._stack.close()
+        self.current, self._key = None, None

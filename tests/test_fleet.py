@@ -21,6 +21,9 @@ from tests.helpers import KEY_A, VALID, psql
 from tests.server import free_port
 
 # One fleet at a time (fixed ports): under pytest-xdist, all fleet tests on one worker.
+# A test asking for the settings of the test before it reuses its fleet (tests/fleet.py
+# `Fleets`), so tests with the same settings stand next to each other, and the one that
+# kills a replica comes last among compose's own settings.
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("fleet")]
 
 AUTH = {"Authorization": f"Bearer {KEY_A}"}
@@ -62,6 +65,15 @@ def test_rate_limit_is_one_limit_per_real_client_across_replicas(start_fleet):
         assert send(other, 2) == [(200, None)] * 2
 
 
+def test_spoofed_x_forwarded_for_does_not_dodge_the_limit(start_fleet):
+    """A client's own X-Forwarded-For (a new one each time) is ignored: still exactly 5 of 12 pass."""
+    fleet = start_fleet(RATE_LIMIT="5/minute")
+    with fleet.client() as http:
+        results = [send(http, 1, **{"X-Forwarded-For": f"203.0.113.{i}"})[0] for i in range(9, 21)]
+    assert results.count((200, None)) == 5, results
+    assert results.count((429, "rate_limited")) == 7, results
+
+
 def test_daily_quota_is_shared_across_replicas(start_fleet):
     """DAILY_QUOTA_PER_KEY=3: exactly 3 of 8 sends pass across replicas, then 429 quota_exceeded."""
     fleet = start_fleet(DAILY_QUOTA_PER_KEY=3)
@@ -71,15 +83,6 @@ def test_daily_quota_is_shared_across_replicas(start_fleet):
     assert results[3:] == [(429, "quota_exceeded")] * 5, results
     assert all(count > 0 for count in served(fleet)), served(fleet)
     assert len(fleet.fake.sends()) == 3
-
-
-def test_spoofed_x_forwarded_for_does_not_dodge_the_limit(start_fleet):
-    """A client's own X-Forwarded-For (a new one each time) is ignored: still exactly 5 of 12 pass."""
-    fleet = start_fleet(RATE_LIMIT="5/minute")
-    with fleet.client() as http:
-        results = [send(http, 1, **{"X-Forwarded-For": f"203.0.113.{i}"})[0] for i in range(9, 21)]
-    assert results.count((200, None)) == 5, results
-    assert results.count((429, "rate_limited")) == 7, results
 
 
 def logged_by_all(fleet, event: str, marks: list[int]) -> bool:
@@ -150,56 +153,9 @@ def test_nginx_passes_request_id_and_lets_the_app_answer_413(fleet):
     assert big.json()["code"] == "payload_too_large"
 
 
-def _replica_talking_to(fleet, port: int):
-    """The replica with a connection open to `port` (the fake Plivo), found with `ss`."""
-    out = subprocess.run(
-        ["ss", "-Htnp", "state", "established", f"( dport = :{port} )"],
-        capture_output=True,
-        text=True,
-        timeout=10,
-    ).stdout
-    pids = {int(pid) for pid in re.findall(r"pid=(\d+)", out)}
-    found = [r for r in fleet.replicas if r.pid in pids]
-    assert len(found) == 1, out
-    return found[0]
-
-
-def test_a_post_that_reached_a_replica_is_never_sent_to_another(fleet):
-    """A replica dies holding a send: the caller gets 502, no second send; later sends use the survivor."""
-    from tests.fakeplivo import hang
-
-    fleet.fake.script(hang())  # the first send waits at "Plivo"
-    with fleet.client() as http, concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(http.post, "/api/mms/send", json=message(), headers=AUTH)
-        deadline = time.monotonic() + 10
-        while not fleet.fake.sends() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(fleet.fake.sends()) == 1
-        holder = _replica_talking_to(fleet, fleet.fake.port)
-        holder.server.kill()  # by PID, with the POST in flight
-        response = pending.result(timeout=15)
-    assert response.status_code == 502  # nginx's own: the send may have reached Plivo
-    assert len(fleet.fake.sends()) == 1  # ...so it was not passed to the other replica
-
-    with fleet.client() as http:  # connect refused -> the other replica (nothing was sent)
-        assert send(http, 4) == [(200, None)] * 4
-    assert len(fleet.fake.sends()) == 5
-
-
-def test_a_slow_send_gets_the_apps_504_not_nginxs(fleet):
-    """Plivo silent for the whole PLIVO_TIMEOUT_SECONDS (10 s): the app's 504 reaches the caller through nginx."""
-    from tests.fakeplivo import hang
-
-    fleet.fake.script(hang())
-    with fleet.client() as http:
-        response = http.post("/api/mms/send", json=message(), headers=AUTH)
-    assert response.status_code == 504
-    assert response.headers["Content-Type"] == "application/problem+json"
-    assert response.json()["code"] == "upstream_timeout"
-    assert len(fleet.fake.sends()) == 1
-
-
 # Shared state on PostgreSQL: one idempotency record, one status history, one reconciliation.
+
+
 def test_one_idempotency_key_sent_to_every_replica_at_once_is_one_plivo_call(start_fleet):
     """The same key, at once, directly to each replica and through nginx: exactly one send."""
     from tests import fakeplivo as fp
@@ -254,6 +210,55 @@ def test_callback_through_replica_a_is_read_on_replica_b(start_fleet):
         seen = http.get(f"/api/mms/{message_uuid}", headers=AUTH).json()
     assert seen["status"] == "delivered"
     assert [e["status"] for e in seen["events"]] == ["delivered"]
+
+
+def test_a_slow_send_gets_the_apps_504_not_nginxs(fleet):
+    """Plivo silent for the whole PLIVO_TIMEOUT_SECONDS (10 s): the app's 504 reaches the caller through nginx."""
+    from tests.fakeplivo import hang
+
+    fleet.fake.script(hang())
+    with fleet.client() as http:
+        response = http.post("/api/mms/send", json=message(), headers=AUTH)
+    assert response.status_code == 504
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert response.json()["code"] == "upstream_timeout"
+    assert len(fleet.fake.sends()) == 1
+
+
+def _replica_talking_to(fleet, port: int):
+    """The replica with a connection open to `port` (the fake Plivo), found with `ss`."""
+    out = subprocess.run(
+        ["ss", "-Htnp", "state", "established", f"( dport = :{port} )"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout
+    pids = {int(pid) for pid in re.findall(r"pid=(\d+)", out)}
+    found = [r for r in fleet.replicas if r.pid in pids]
+    assert len(found) == 1, out
+    return found[0]
+
+
+def test_a_post_that_reached_a_replica_is_never_sent_to_another(fleet):
+    """A replica dies holding a send: the caller gets 502, no second send; later sends use the survivor."""
+    from tests.fakeplivo import hang
+
+    fleet.fake.script(hang())  # the first send waits at "Plivo"
+    with fleet.client() as http, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(http.post, "/api/mms/send", json=message(), headers=AUTH)
+        deadline = time.monotonic() + 10
+        while not fleet.fake.sends() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(fleet.fake.sends()) == 1
+        holder = _replica_talking_to(fleet, fleet.fake.port)
+        holder.server.kill()  # by PID, with the POST in flight
+        response = pending.result(timeout=15)
+    assert response.status_code == 502  # nginx's own: the send may have reached Plivo
+    assert len(fleet.fake.sends()) == 1  # ...so it was not passed to the other replica
+
+    with fleet.client() as http:  # connect refused -> the other replica (nothing was sent)
+        assert send(http, 4) == [(200, None)] * 4
+    assert len(fleet.fake.sends()) == 5
 
 
 def test_each_stale_message_is_reconciled_once_fleet_wide(start_fleet):

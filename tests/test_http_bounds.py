@@ -12,7 +12,14 @@ import pytest
 
 from app.http_protocol import HEADER_TIMEOUT_SECONDS, KEEP_ALIVE_SECONDS, MAX_HEADER_BYTES
 
-pytestmark = pytest.mark.e2e
+# One worker for the module: its tests share one server.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("http_bounds")]
+
+
+@pytest.fixture(scope="module")
+def server(module_server_factory):
+    """One server for the module: each test opens its own connections to it."""
+    return module_server_factory()
 
 
 def _connect(server) -> socket.socket:
@@ -37,11 +44,10 @@ def _closed_after(sock: socket.socket, started: float) -> float:
     return time.monotonic() - started
 
 
-def test_row14_oversized_headers_are_refused_431(server_factory):
+def test_row14_oversized_headers_are_refused_431(server):
     """Row 14: a 20 MB header was read into memory and the request served. Headers over
     16 KiB in all get 431 and a closed connection, whether they arrive in one read or
     trickle in; headers under the bound are served."""
-    server = server_factory()
     with _connect(server) as sock:  # under the bound: served
         sock.sendall(
             b"GET /health HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"p" * 12_000 + b"\r\n"
@@ -82,12 +88,11 @@ def test_row14_oversized_headers_are_refused_431(server_factory):
         assert answer == b"" or answer.startswith(b"HTTP/1.1 431")
 
 
-def test_row14_slow_partial_and_idle_connections_are_closed(server_factory):
+def test_row14_slow_partial_and_idle_connections_are_closed(server):
     """Row 14: idle and partial-header connections stayed open over 70 s. A connection
     that sends no request, stops mid-headers or trickles them is closed once
     HEADER_TIMEOUT_SECONDS have passed since it opened; an idle keep-alive connection
     after a response within KEEP_ALIVE_SECONDS."""
-    server = server_factory()
     bound = HEADER_TIMEOUT_SECONDS + 3
     idle, partial, trickle, kept = (_connect(server) for _ in range(4))
     started = time.monotonic()
@@ -119,9 +124,8 @@ def test_row14_slow_partial_and_idle_connections_are_closed(server_factory):
             sock.close()
 
 
-def test_row14_trailing_slash_is_404_without_echoing_host(server_factory):
+def test_row14_trailing_slash_is_404_without_echoing_host(server):
     """Row 14: `/api/mms/send/` answered 307 with Location built from the Host header."""
-    server = server_factory()
     with _connect(server) as sock:
         sock.sendall(
             b"POST /api/mms/send/ HTTP/1.1\r\nHost: evil.example\r\nContent-Type: "

@@ -249,7 +249,9 @@ async def test_group_commit_batches_are_observed(settings_factory, client_for, f
     )
 
 
-async def test_reconciliation_lookups_and_backlog(settings_factory, client_for, fake_plivo):
+async def test_reconciliation_lookups_and_backlog(
+    settings_factory, client_for, fake_plivo, fast_reconciler
+):
     """Due messages show in the backlog gauge; a lookup Plivo answers is `found`."""
     settings = settings_factory(reconcile_after_seconds=0, reconcile_rate=1)
     async with client_for(settings) as client:
@@ -304,8 +306,9 @@ def _request_lines(server: Server, route: str) -> list[dict]:
 
 
 @pytest.mark.e2e
-def test_two_workers_add_up_and_start_from_an_empty_directory(fake_plivo, tmp_path):
-    """WEB_CONCURRENCY=2: every scrape, whichever worker answers, shows the sends of both."""
+def test_two_workers_add_up_and_start_from_an_empty_directory(fake_plivo, tmp_path, redis_url):
+    """WEB_CONCURRENCY=2: every scrape, whichever worker answers, shows the sends of both.
+    Their limits are kept in Redis, so the start does not warn that they are per worker."""
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -321,6 +324,7 @@ def test_two_workers_add_up_and_start_from_an_empty_directory(fake_plivo, tmp_pa
         DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/mms.db",
         WEB_CONCURRENCY=2,
         PROMETHEUS_MULTIPROC_DIR=directory,
+        RATE_LIMIT_STORAGE_URL=redis_url,
         RATE_LIMIT="10000/minute",
         RATE_LIMIT_PER_DESTINATION="10000/hour",
     )
@@ -362,11 +366,14 @@ def test_two_workers_add_up_and_start_from_an_empty_directory(fake_plivo, tmp_pa
     finally:
         server.kill()
     assert "Traceback" not in server.logs()
+    assert "RATE LIMITS ARE PER WORKER" not in server.logs()
 
 
 @pytest.mark.e2e
 def test_two_workers_without_a_directory_get_a_temporary_one(fake_plivo, tmp_path):
-    """No PROMETHEUS_MULTIPROC_DIR: `python -m app` makes one, shares it, removes it at exit."""
+    """No PROMETHEUS_MULTIPROC_DIR: `python -m app` makes one, shares it, removes it at exit.
+    Two workers start, serve and exit 0; with limits in memory the start warns loudly that
+    each worker counts alone."""
     env = base_env(
         fake_plivo.url, DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/mms.db", WEB_CONCURRENCY=2
     )
@@ -376,12 +383,14 @@ def test_two_workers_without_a_directory_get_a_temporary_one(fake_plivo, tmp_pat
         server.wait_healthy()
         for _ in range(4):
             assert httpx.post(f"{server.url}{SEND}", json=VALID, timeout=10).status_code == 200
+        assert len(fake_plivo.sends()) == 4
         for _ in range(4):
             samples = parse(httpx.get(f"{server.url}/metrics", timeout=10).text)
             assert sends(samples, "ok") == 4
         assert server.terminate() == 0, server.logs()
     finally:
         server.kill()
+    assert "RATE LIMITS ARE PER WORKER" in server.logs()
     lines = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
     (announced,) = [r for r in lines if r.get("event") == "metrics_multiprocess_dir"]
     assert announced["created"] is True

@@ -440,7 +440,7 @@ async def test_nonces_recorded_with_the_inbound_row(app):
 
 
 async def test_error_200_from_a_reconciliation_lookup_lists_the_number(
-    settings_factory, client_for, fake_plivo, store_url
+    settings_factory, client_for, fake_plivo, store_url, fast_reconciler
 ):
     settings = settings_factory(
         database_url=store_url, reconcile_after_seconds=0, reconcile_rate=50, api_keys=API_KEYS
@@ -459,13 +459,13 @@ async def test_error_200_from_a_reconciliation_lookup_lists_the_number(
 
 
 # The store ---------------------------------------------------------------------------------
-async def test_migration_matches_the_tables(store_url):
+async def test_migration_matches_the_tables(empty_store_url):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
     from app.store.tables import metadata
 
-    db = Database(store_url)
+    db = Database(empty_store_url)
     await db.start()
     try:
         async with db.engine.connect() as conn:

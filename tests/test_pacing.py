@@ -316,13 +316,16 @@ async def test_sends_beyond_the_burst_wait_for_their_slots(
 
 
 async def test_a_key_waiting_for_its_slot_is_not_taken_for_orphaned(
-    settings_factory, client_for, fake_plivo
+    settings_factory, client_for, fake_plivo, monkeypatch
 ):
-    """The key's lease covers the pacing wait: a send waiting 6 s for its slot (longer
-    than deadline + grace + margin alone) is still in flight, never a stored 504."""
+    """The key's lease covers the pacing wait: a send waiting 4 s for its slot (longer than
+    deadline + grace + margin alone, 1 s here) is still in flight, never a stored 504."""
+    from app.store import idempotency
+
+    monkeypatch.setattr(idempotency, "SLOT_AND_MARGIN_SECONDS", 0.5)  # 5 s in service
     settings = settings_factory(
-        send_rate="10/minute",
-        pacing_max_wait_seconds=7,
+        send_rate="15/minute",
+        pacing_max_wait_seconds=5,
         plivo_timeout_seconds=0.5,
         shutdown_grace_seconds=0,
     )
@@ -330,7 +333,7 @@ async def test_a_key_waiting_for_its_slot_is_not_taken_for_orphaned(
     async with client_for(settings) as client:
         assert (await client.post(SEND, json=VALID)).status_code == 200
         waiting = asyncio.create_task(client.post(SEND, json=VALID, headers=keyed))
-        await asyncio.sleep(5.8)  # past 0.5 s + 0 s + the 5 s margin; its slot is at 6 s
+        await asyncio.sleep(1.5)  # past 0.5 s + 0 s + the 0.5 s margin; its slot is at 4 s
         again = await client.post(SEND, json=VALID, headers=keyed)
         first = await waiting
     assert again.status_code == 409 and again.json()["code"] == "idempotency_in_progress"

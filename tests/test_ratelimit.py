@@ -67,9 +67,9 @@ async def test_moving_window_never_lets_more_than_n_through(
     A fixed window would let a burst at the end of one window and another at the start
     of the next through (2N in a short period); the moving window does not.
     """
-    n, window = 4, 2.0
+    n, window = 4, 1.0
     settings = settings_factory(
-        rate_limit=f"{n}/2second",
+        rate_limit=f"{n}/second",
         rate_limit_storage_url=storage_url,
         rate_limit_per_destination="1000/hour",
     )

@@ -24,7 +24,7 @@ async def eventually(probe, timeout=15.0):
 
 
 @pytest.fixture
-def fast(settings_factory, store_url):
+def fast(settings_factory, store_url, fast_reconciler):
     def make(**overrides):
         values = {"database_url": store_url, "reconcile_after_seconds": 0, "reconcile_rate": 50}
         return settings_factory(**{**values, **overrides})
@@ -99,7 +99,7 @@ async def test_gives_up_and_settles_as_it_is(fast, client_for, fake_plivo):
 
         row = await eventually(settled)
         lookups = len(fake_plivo.lookups())
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(0.5)  # five idle polls
     assert row.status == "sent"
     assert len(fake_plivo.lookups()) == lookups  # no more lookups
 
@@ -120,6 +120,31 @@ async def test_unknown_outcome_is_found_in_plivos_message_list(fast, client_for,
         await eventually(lambda: _status_is(client, plivo_uuid, "delivered"))
     assert items[0]["messageUuid"] == plivo_uuid
     assert any("to_number" in c.query for c in fake_plivo.lookups())
+
+
+async def test_dropped_after_sending_is_502_once_then_reconciled(fast, client_for, fake_plivo):
+    """Plivo queued it but the answer was lost: 502 once; reconciliation finds it in the
+    list; the key's replay is still the 502, and nothing is sent twice."""
+    keyed = {"Idempotency-Key": "dropped"}
+    fake_plivo.script(fp.accept_then_drop())
+    async with client_for(fast()) as client:
+        response = await client.post("/api/mms/send", json=VALID, headers=keyed)
+        assert response.status_code == 502 and response.json()["code"] == "upstream_error"
+        [plivo_uuid] = list(fake_plivo.mdrs)
+        fake_plivo.mdrs[plivo_uuid].message_state = "delivered"
+
+        async def resolved():
+            listed = await client.get("/api/mms", params={"idempotencyKey": "dropped"})
+            items = listed.json()["items"]
+            return items and (items[0]["messageUuid"], items[0]["status"]) == (
+                plivo_uuid,
+                "delivered",
+            )
+
+        await eventually(resolved)
+        replay = await client.post("/api/mms/send", json=VALID, headers=keyed)
+    assert replay.status_code == 502 and replay.headers["idempotent-replayed"] == "true"
+    assert len(fake_plivo.sends()) == 1
 
 
 async def _status_is(client, message_uuid, status):

@@ -16,7 +16,7 @@ from app.store.idempotency import KEEP_MS, TakeKey
 from app.store.repository import RecordMessage, now_ms
 from app.store.tables import idempotency_keys, messages
 from tests import fakeplivo as fp
-from tests.helpers import VALID
+from tests.helpers import VALID, wait_for
 from tests.signing import FORM, form, v3_headers
 
 
@@ -103,10 +103,12 @@ async def test_a_write_that_never_commits_fails_in_bounded_time(sqlite_url, monk
     monkeypatch.setattr(store_db, "WRITE_TIMEOUT_SECONDS", 0.3)
     db = Database(sqlite_url)
     await db.start()
+    release = asyncio.Event()  # the write hangs until the test is done with it
     started = time.monotonic()
     with pytest.raises(StoreUnavailable):
-        await db.write(FunctionOp(lambda c: asyncio.sleep(5)))
+        await db.write(FunctionOp(lambda c: release.wait()))
     assert time.monotonic() - started < 3
+    release.set()
     await db.close()
 
 
@@ -163,7 +165,9 @@ async def test_an_unexpected_send_failure_is_an_unknown_outcome(client, fake_pli
     assert [m["status"] for m in listed] == ["unknown"]
 
 
-async def test_the_reconciler_survives_a_failing_message(settings_factory, client_for, fake_plivo):
+async def test_the_reconciler_survives_a_failing_message(
+    settings_factory, client_for, fake_plivo, fast_reconciler
+):
     settings = settings_factory(reconcile_after_seconds=0, reconcile_rate=50)
     async with client_for(settings) as client:
         reconciler = client.services.reconciler
@@ -187,7 +191,7 @@ async def test_the_reconciler_survives_a_failing_message(settings_factory, clien
 
 
 async def test_unknown_stays_unknown_when_the_last_lookup_failed(
-    settings_factory, client_for, fake_plivo
+    settings_factory, client_for, fake_plivo, fast_reconciler
 ):
     """Only Plivo saying it has no such message makes an unknown outcome `not_sent`."""
     fake_plivo.script(fp.drop())
@@ -197,10 +201,21 @@ async def test_unknown_stays_unknown_when_the_last_lookup_failed(
     async with client_for(settings) as client:
         fake_plivo.lookups_fail = True
         assert (await client.post("/api/mms/send", json=VALID)).status_code == 502
-        await asyncio.sleep(3)
+        # The second check comes 1 s after the first: past RECONCILE_GIVE_UP_HOURS (1 s).
+        await asyncio.wait_for(_checked(client.services.db, times=2), 15)
         items = (await client.get("/api/mms")).json()["items"]
     assert items[0]["status"] == "unknown"
-    assert len(fake_plivo.lookups()) >= 1
+    assert len(fake_plivo.lookups()) >= 2
+
+
+async def _checked(db, times):
+    """Until the reconciler has finished `times` checks of the one message."""
+    while True:
+        async with db.read() as conn:
+            checks = (await conn.execute(select(messages.c.checks))).scalar_one()
+        if checks >= times:
+            return
+        await asyncio.sleep(0.05)
 
 
 async def test_limits_count_only_sends_that_reach_plivo(settings_factory, client_for, fake_plivo):
@@ -219,14 +234,19 @@ async def test_limits_count_only_sends_that_reach_plivo(settings_factory, client
 async def test_a_send_without_a_slot_counts_against_no_limit(
     settings_factory, client_for, fake_plivo
 ):
+    """No concurrency slot within a second: 503 with Retry-After: 1, before Plivo, and no
+    limit counts it."""
     fake_plivo.set_default(fp.ok(delay=2.0))
     settings = settings_factory(plivo_max_concurrency=1, rate_limit_per_destination="2/hour")
     async with client_for(settings) as client:
         first = asyncio.create_task(client.post("/api/mms/send", json=VALID))
-        await asyncio.sleep(0.3)
+        # the first send holds the one slot, at Plivo
+        await asyncio.to_thread(wait_for, lambda: fake_plivo.in_flight >= 1)
         starved = await client.post("/api/mms/send", json=VALID)
-        assert starved.status_code == 503
+        assert starved.status_code == 503 and starved.headers["retry-after"] == "1"
+        assert starved.json()["code"] == "upstream_unavailable"
         assert (await first).status_code == 200
+        assert len(fake_plivo.sends()) == 1  # the starved send never reached Plivo
         fake_plivo.set_default(fp.ok())
         assert (await client.post("/api/mms/send", json=VALID)).status_code == 200
 

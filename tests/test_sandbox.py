@@ -54,27 +54,41 @@ async def test_sandbox_is_loud_at_startup(sandbox_settings, client_for, capfd):
     assert "SANDBOX MODE" in capfd.readouterr().out
 
 
-@pytest.mark.parametrize(
-    ("suffix", "final", "code"),
-    [
-        ("0100", "delivered", None),
-        ("0610", "failed", "50"),
-        ("0620", "undelivered", "80"),
-        ("0630", "sent", None),
-    ],
-)
-async def test_simulated_delivery_goes_through_the_callback_service(
-    sandbox_settings, client_for, suffix, final, code
-):
-    """queued -> sent -> final within seconds, visible through GET like real callbacks."""
+ENDINGS = {  # last four digits -> (final status, error code)
+    "0100": ("delivered", None),
+    "0610": ("failed", "50"),
+    "0620": ("undelivered", "80"),
+    "0630": ("sent", None),
+}
+
+
+async def test_simulated_deliveries_go_through_the_callback_service(sandbox_settings, client_for):
+    """queued -> sent -> final within seconds, visible through GET like real callbacks; every
+    ending at once (each message's simulation runs on its own timers)."""
     import asyncio
 
     async with client_for(sandbox_settings) as client:
-        sent = await client.post("/api/mms/send", json={**VALID, "to": f"+1415555{suffix}"})
-        message_uuid = sent.json()["messageUuid"][0]
-        assert (await client.get(f"/api/mms/{message_uuid}")).json()["status"] == "queued"
-        await asyncio.sleep(2.5)
-        message = (await client.get(f"/api/mms/{message_uuid}")).json()
-    assert (message["status"], message["errorCode"]) == (final, code)
-    expected = ["sent"] if final == "sent" else ["sent", final]
-    assert [e["status"] for e in message["events"]] == expected
+        uuids = {}
+        for suffix in ENDINGS:
+            sent = await client.post("/api/mms/send", json={**VALID, "to": f"+1415555{suffix}"})
+            uuids[suffix] = sent.json()["messageUuid"][0]
+            assert (await client.get(f"/api/mms/{uuids[suffix]}")).json()["status"] == "queued"
+
+        async def statuses():
+            return {
+                suffix: (await client.get(f"/api/mms/{uuid}")).json()["status"]
+                for suffix, uuid in uuids.items()
+            }
+
+        deadline = asyncio.get_running_loop().time() + 15
+        while await statuses() != {suffix: final for suffix, (final, _) in ENDINGS.items()}:
+            assert asyncio.get_running_loop().time() < deadline, await statuses()
+            await asyncio.sleep(0.1)
+    # The shutdown waited for the simulations in progress: nothing comes after this.
+    async with client_for(sandbox_settings) as client:
+        messages = {s: (await client.get(f"/api/mms/{u}")).json() for s, u in uuids.items()}
+    for suffix, (final, code) in ENDINGS.items():
+        message = messages[suffix]
+        assert (message["status"], message["errorCode"]) == (final, code), suffix
+        expected = ["sent"] if final == "sent" else ["sent", final]
+        assert [e["status"] for e in message["events"]] == expected, suffix

@@ -150,10 +150,9 @@ async def test_data_survives_a_restart(keyed, client_for, fake_plivo):
     assert response.status_code == 200 and response.json()["status"] == "queued"
 
 
-async def test_migrations_from_empty_and_on_restart(store_url):
+async def test_migrations_from_empty_and_on_restart(empty_store_url):
     """Two processes starting together migrate once; a restart is a no-op at HEAD."""
-    if store_url.startswith("sqlite"):
-        store_url = store_url.replace("mms.db", "fresh.db")
+    store_url = empty_store_url
     first, second = Database(store_url), Database(store_url)
     await asyncio.gather(first.start(), second.start())
     for db in (first, second):
