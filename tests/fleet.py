@@ -364,6 +364,7 @@ class Fleet:
     fake: FakePlivo
     nginx: Nginx
     redis_url: str = ""
+    schema: str = ""  # the replicas' PostgreSQL schema (and role): a reused fleet keeps its own
     _stopped: bool = field(default=False, repr=False)
 
     def client(self, source: str = CLIENT, **kwargs: Any) -> httpx.Client:
@@ -426,7 +427,7 @@ def start_fleet(
     except BaseException:
         Fleet("", servers, fake, nginx).stop()
         raise
-    return Fleet(url, servers, fake, nginx, redis_url)
+    return Fleet(url, servers, fake, nginx, redis_url, database_role)
 
 
 _next_db = itertools.cycle(FLEET_REDIS_DBS)
