@@ -118,6 +118,7 @@ async def test_retry_of_an_unknown_or_malformed_id_is_404(hooked, client_for, id
 async def test_retry_rows_404_409_202(hooked, client_for, receiver, fake_plivo):
     receiver.status = 500
     async with client_for(hooked(webhooks=hooks(receiver, alpha="/alpha", all="/all"))) as c:
+        c.services.webhooks.uniform = lambda a, b: 1000.0  # no retry during the test
         await c.post("/api/mms/send", json=VALID, headers=A)
         await until(lambda: len(receiver.got()) == 2)
         await until(lambda: c.services.webhooks.in_flight == 0)
@@ -169,6 +170,7 @@ async def test_cli_lists_and_retries_star_deliveries(
 ):
     receiver.status = 500
     async with client_for(hooked(database_url=sqlite_url)) as client:
+        client.services.webhooks.uniform = lambda a, b: 1000.0  # no retry during the test
         await inbound(client, "hello")
         await client.post("/api/mms/send", json=VALID, headers=A)
         await until(lambda: len(receiver.got()) == 3)
@@ -278,6 +280,7 @@ def test_python_m_app_refuses_with_one_line(tmp_path):
 # Metrics, text erasure, retention -------------------------------------------------------------
 async def test_metrics_by_endpoint_and_outcome(hooked, client_for, receiver, fake_plivo):
     async with client_for(hooked(webhooks=hooks(receiver, alpha="/alpha", all="/all"))) as c:
+        c.services.webhooks.uniform = lambda a, b: 1000.0  # no retry during the test
         receiver.status = 200
         await c.post("/api/mms/send", json=VALID, headers=A)
         await until(lambda: len(receiver.got()) == 2)
