@@ -459,6 +459,13 @@ def _use_wal(cursor: Any) -> None:
             time.sleep(0.02)  # at connect time only, on a file being created
 
 
+RAW_POOL_SIZE = 10  # fetch_value's connections: lookups are short, as many as the read pool
+
+
+async def _keep_session(connection: Any) -> None:
+    return None
+
+
 class Database:
     def __init__(
         self,
@@ -471,6 +478,8 @@ class Database:
         self.sqlite_path = _sqlite_path(url)
         self.dialect = make_url(url).get_backend_name()
         self._file_identity: tuple[int, int] | None = None
+        self._raw_pool: Any = None  # PostgreSQL: fetch_value's asyncpg pool, made on first use
+        self._raw_pool_lock = asyncio.Lock()
         if self.sqlite_path is not None:
             self.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
             self.engine = create_async_engine(
@@ -565,6 +574,46 @@ class Database:
             log.error("store_read_failed", error=type(exc).__name__)
             raise StoreUnavailable(type(exc).__name__) from exc
 
+    async def fetch_value(self, query: str, *args: Any) -> Any:
+        """PostgreSQL: the first column of the first row of one plain query, through a small
+        asyncpg pool of its own. For a lookup made on every send: SQLAlchemy's pooled read
+        pings, begins and rolls back around it — several round trips for one (decision
+        0018). The query runs in autocommit, so it sees every commit of every replica. A
+        database that cannot answer raises StoreUnavailable, as `read()` does."""
+        import asyncpg
+
+        try:
+            pool = self._raw_pool or await self._start_raw_pool()
+            return await pool.fetchval(query, *args)
+        except Exception as exc:
+            if not (is_outage(exc) or isinstance(exc, asyncpg.InterfaceError)):
+                raise
+            log.error("store_read_failed", error=type(exc).__name__)
+            raise StoreUnavailable(type(exc).__name__) from exc
+
+    async def _start_raw_pool(self) -> Any:
+        import asyncpg
+
+        async with self._raw_pool_lock:
+            if self._raw_pool is None:
+                _, params = self.engine.dialect.create_connect_args(self.engine.url)
+                # SQLAlchemy's own URL options are not asyncpg's.
+                cache = params.pop("prepared_statement_cache_size", None)
+                params.pop("prepared_statement_name_func", None)
+                if cache is not None:
+                    params["statement_cache_size"] = cache
+                self._raw_pool = await asyncpg.create_pool(
+                    min_size=1,
+                    max_size=RAW_POOL_SIZE,
+                    timeout=5,
+                    command_timeout=10,
+                    # Released connections ran one read in autocommit and changed no session
+                    # state: the default reset (another round trip each time) has nothing to undo.
+                    reset=_keep_session,
+                    **params,
+                )
+        return self._raw_pool
+
     async def ping(self, timeout: float = 2.0) -> bool:
         try:
             async with asyncio.timeout(timeout), self.engine.connect() as conn:
@@ -575,4 +624,6 @@ class Database:
 
     async def close(self) -> None:
         await self.writer.close()
+        if self._raw_pool is not None:
+            await self._raw_pool.close()
         await self.engine.dispose()
