@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import ipaddress
 import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from limits import RateLimitItem, RateLimitItemPerDay, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
@@ -80,6 +81,52 @@ class QuietMemoryStorage(MemoryStorage):
                 self.storage.pop(key, None)
                 del self.expirations[key]
                 self.locks.pop(key, None)
+
+
+def _unwrapped(function: Any) -> Any:
+    while hasattr(function, "__wrapped__"):
+        function = function.__wrapped__
+    return function
+
+
+# limits wraps every storage method, once per class of the hierarchy that declares it, in a
+# handler that only re-raises unless `wrap_exceptions` is on (it is off here): the moving
+# window's two methods reach this class under four such layers, a coroutine frame each.
+# Process memory raises no driver error, so the library's own functions run bare.
+for _name in ("acquire_entry", "get_moving_window", "incr", "get", "get_expiry", "clear"):
+    setattr(QuietMemoryStorage, _name, _unwrapped(getattr(QuietMemoryStorage, _name)))
+
+
+KEYS_REMEMBERED = 20_000  # per limit; then forgotten all at once and rebuilt as needed
+
+
+@functools.cache
+def _remembering(base: type[RateLimitItem]) -> type[RateLimitItem]:
+    """`base` (a limits item class) whose storage keys are remembered: limits rebuilds a
+    key from its parts (escaped and joined) for every storage call, six per send, though
+    it depends on the identifiers alone."""
+
+    class Remembering(base):  # type: ignore[valid-type,misc]
+        __slots__ = ("_keys",)  # no GRANULARITY here: limits does not register the class
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._keys: dict[tuple[Any, ...], str] = {}
+
+        def key_for(self, *identifiers: Any) -> str:
+            key = self._keys.get(identifiers)
+            if key is None:
+                if len(self._keys) >= KEYS_REMEMBERED:
+                    self._keys.clear()
+                key = self._keys[identifiers] = super().key_for(*identifiers)
+            return key
+
+    return Remembering
+
+
+def remembering_keys(item: RateLimitItem) -> RateLimitItem:
+    """The same limit (amount, period, namespace), its storage keys remembered."""
+    return _remembering(type(item))(item.amount, item.multiples, item.namespace)
 
 
 _day_cache: tuple[float, str, float] = (0.0, "", 0.0)
@@ -162,6 +209,7 @@ class LimitStore:
         self._ping_ok = True
         self._ping_until = 0.0
         self._ping_lock = asyncio.Lock()
+        self._daily_items: dict[int, RateLimitItem] = {}
 
     async def run(self, operation: Callable[[Storage], Awaitable[T]]) -> T:
         redis = self._redis
@@ -225,7 +273,9 @@ class LimitStore:
     async def daily_hit(self, amount: int, *key: str, count: bool = True) -> Verdict:
         """Fixed window per UTC calendar day: the date is part of the key."""
         day, midnight = _utc_day()
-        item = RateLimitItemPerDay(amount)
+        item = self._daily_items.get(amount)
+        if item is None:
+            item = self._daily_items[amount] = remembering_keys(RateLimitItemPerDay(amount))
         day_key = (*key, day)
 
         async def hit(storage: Storage) -> Verdict:
@@ -254,8 +304,8 @@ class Limits:
         on_reject: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
-        self.per_ip = parse(per_ip)
-        self.per_destination = parse(per_destination)
+        self.per_ip = remembering_keys(parse(per_ip))
+        self.per_destination = remembering_keys(parse(per_destination))
         self.daily_quota = daily_quota
         self.on_reject = on_reject  # metrics: the scope refused, `ip`, `destination`, `quota`
 
