@@ -118,9 +118,7 @@ async def test_a_write_that_never_commits_fails_in_bounded_time(sqlite_url, monk
     await db.close()
 
 
-async def test_a_write_op_that_awaits_anything_but_its_statements_fails_alone(
-    store_url, capfd
-):
+async def test_a_write_op_that_awaits_anything_but_its_statements_fails_alone(store_url, capfd):
     """A write op runs inside the writer's transaction, on SQLite in the writer's thread:
     it may await its connection's statements and nothing else. One that does fails alone
     (logged), and the store stays writable."""
