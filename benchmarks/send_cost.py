@@ -262,7 +262,7 @@ def summarise(raw: Path) -> None:
         frames, _, n = line.rpartition(" ")
         stacks.append((frames.split(";"), int(n)))
     # Only the samples of the sends: start-up and shutdown are left out.
-    sending = [(f, n) for f, n in stacks if not _start_or_stop(f) and not _idle(f)]
+    sending = [(f, n) for f, n in stacks if not _start_or_stop(f) and not layer_table.idle(f)]
     total = sum(n for _, n in sending) or 1
     by_layer: collections.Counter[str] = collections.Counter()
     for frames, n in sending:
@@ -280,19 +280,6 @@ def summarise(raw: Path) -> None:
 def _start_or_stop(frames: list[str]) -> bool:
     """Imports, building the app, the lifespan's start and stop: not the sends."""
     return any(m in x for x in frames for m in ("_find_and_load", "create_app", "_lifespan ("))
-
-
-# Leaves that are a thread waiting, which py-spy's idle detection takes for work: the
-# aiosqlite thread and the writer's thread blocked on their queues, the loop in epoll.
-IDLE_LEAVES = (
-    "_connection_worker_thread (aiosqlite/core.py:59)",
-    "_worker (concurrent/futures/thread.py:81)",
-    "EpollSelector.select (",
-)
-
-
-def _idle(frames: list[str]) -> bool:
-    return frames[-1].startswith(IDLE_LEAVES)
 
 
 if __name__ == "__main__":
