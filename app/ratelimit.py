@@ -71,8 +71,14 @@ class QuietMemoryStorage(MemoryStorage):
         """Drop expired moving-window entries and fixed-window counters (no await inside)."""
         now = time.time()
         for key, entries in list(self.events.items()):
-            # Entries are newest first, so expiries descend: keep the unexpired prefix.
-            keep = bisect.bisect_left(entries, -now, key=lambda entry: -entry.expiry)
+            # Entries are newest first, so expiries descend: keep the unexpired prefix. Most
+            # keys are all live or all expired: their ends tell, without a search.
+            if entries and entries[-1].expiry > now:
+                continue
+            if not entries or entries[0].expiry <= now:
+                keep = 0
+            else:
+                keep = bisect.bisect_left(entries, -now, key=lambda entry: -entry.expiry)
             if keep:
                 self.events[key] = entries[:keep]
             else:

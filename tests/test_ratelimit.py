@@ -190,12 +190,16 @@ async def test_memory_storage_sweeps_expired_entries_only():
         assert await moving.hit(short, "old")
         assert await moving.hit(long, "live")
         assert await fixed.hit(short, "counter")
+        assert await moving.hit(short, "mixed")
     await asyncio.sleep(1.1)
+    assert await moving.hit(short, "mixed")  # one live entry before three expired ones
     storage._sweep()
     keys = " ".join(storage.events)
     assert "old" not in keys and "live" in keys
     assert not any("counter" in k for k in storage.storage)
     assert (await moving.get_window_stats(long, "live")).remaining == 2
+    [mixed] = [entries for key, entries in storage.events.items() if "mixed" in key]
+    assert len(mixed) == 1 and (await moving.get_window_stats(short, "mixed")).remaining == 4
 
 
 async def test_ready_reports_an_unreachable_redis_at_the_first_probe(settings_factory, client_for):
