@@ -176,7 +176,7 @@ def _database(tmp: str) -> str:
 def instructions(count: int, concurrency: int, servers: Servers, limits: str) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
-        subprocess.run(
+        run = subprocess.run(
             [
                 "valgrind",
                 "--tool=callgrind",
@@ -195,11 +195,12 @@ def instructions(count: int, concurrency: int, servers: Servers, limits: str) ->
                     ]
                 ),
             ],
-            check=True,
             capture_output=True,
             text=True,
             timeout=7200,
         )
+        if run.returncode != 0:
+            raise RuntimeError(f"the sends failed: {run.stderr[-3000:]}")
         for line in out.read_text(errors="replace").splitlines():
             if line.startswith(("summary:", "totals:")):
                 return int(line.split()[1])
