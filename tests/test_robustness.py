@@ -12,7 +12,7 @@ from sqlalchemy.exc import OperationalError
 
 from app.plivo.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from app.store import db as store_db
-from app.store.db import Database, FunctionOp, StoreUnavailable
+from app.store.db import Database, FunctionOp, RecordPending, StoreUnavailable
 from app.store.idempotency import KEEP_MS, TakeKey
 from app.store.repository import RecordMessage, now_ms
 from app.store.tables import idempotency_keys, messages
@@ -115,6 +115,27 @@ async def test_a_write_that_never_commits_fails_in_bounded_time(sqlite_url, monk
     assert time.monotonic() - started < 3
     holder.execute("ROLLBACK")
     holder.close()
+    await db.close()
+
+
+async def test_a_kept_write_that_is_late_is_pending_then_written(sqlite_url, monkeypatch):
+    """A send's record that does not commit in time: its caller hears RecordPending (the
+    send is answered, the record kept), and the record is written once the store moves."""
+    monkeypatch.setattr(store_db, "WRITE_TIMEOUT_SECONDS", 0.3)
+    db = Database(sqlite_url)
+    await db.start()
+    assert db.sqlite_path is not None
+    holder = sqlite3.connect(db.sqlite_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(RecordPending, match="did not commit in time"):
+            await db.write(RecordMessage(_row("m1")), keep=True)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    await db.write(FunctionOp(lambda c: c.execute(select(1))))  # commits after m1's batch
+    async with db.read() as conn:
+        assert (await conn.execute(select(messages.c.id))).scalars().all() == ["m1"]
     await db.close()
 
 
