@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -101,8 +102,43 @@ def _orjson_dumps(obj: Any, default: Any = None) -> str:
     return orjson.dumps(obj, default=default or str).decode()
 
 
+def _through_processors(fields: dict[str, Any]) -> None:
+    structlog.get_logger("app.access").info("request", **fields)
+
+
+def _json_request_line(scrub: _SecretScrubber) -> Callable[[dict[str, Any]], None]:
+    """The request line in one step: what the JSON chain would write (the same keys,
+    masking and scrubbing), without the bound logger and the processor loop — it is
+    written for every request (decision 0021)."""
+
+    out = _StdoutLogger()
+    merge = structlog.contextvars.merge_contextvars
+
+    def write(fields: dict[str, Any]) -> None:
+        event = merge(None, "info", {**fields, "event": "request"})
+        event["level"] = "info"
+        event["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        _mask_values(None, "info", event)
+        out.msg(scrub(None, "info", _orjson_dumps(event)))
+
+    return write
+
+
+def _dropped(fields: dict[str, Any]) -> None:
+    return None
+
+
+_request_line: Callable[[dict[str, Any]], None] = _through_processors
+
+
+def log_request(fields: dict[str, Any]) -> None:
+    """Write the one `request` line of a request (info level, logger `app.access`)."""
+    _request_line(fields)
+
+
 def configure_logging(*, level: str, fmt: str, secrets: Iterable[str] = ()) -> None:
     """Configure structlog and the stdlib root logger once per process."""
+    global _request_line
     numeric = logging.getLevelName(level.upper())
     scrub = _SecretScrubber(secrets)
     shared: list[Any] = [
@@ -117,6 +153,13 @@ def configure_logging(*, level: str, fmt: str, secrets: Iterable[str] = ()) -> N
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=False)
+
+    if numeric > logging.INFO:
+        _request_line = _dropped
+    elif fmt == "json":
+        _request_line = _json_request_line(scrub)
+    else:
+        _request_line = _through_processors
 
     structlog.configure(
         processors=[*shared, renderer, scrub],

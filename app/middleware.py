@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import InternalError, PayloadTooLarge, problem_response
 from app.ids import random_id
-from app.logging import get_logger
+from app.logging import get_logger, log_request
 
 MAX_BODY_BYTES = 64 * 1024
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -114,17 +114,18 @@ class RequestContextMiddleware:
             route = route_template(scope)
             if self.observe is not None:
                 self.observe(scope, route, status, duration)
-            log.info(
-                "request",
-                method=scope["method"],
-                route=route,
-                status=status,
-                duration_ms=round(duration * 1000, 2),
-                caller=state.get("caller"),
-                to=state.get("to"),
-                message_uuid=state.get("message_uuid"),
-                code=state.get("code"),
-                pid=_pid,
+            log_request(
+                {
+                    "method": scope["method"],
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(duration * 1000, 2),
+                    "caller": state.get("caller"),
+                    "to": state.get("to"),
+                    "message_uuid": state.get("message_uuid"),
+                    "code": state.get("code"),
+                    "pid": _pid,
+                }
             )
             structlog.contextvars.reset_contextvars(**tokens)
 

@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import ipaddress
 import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from limits import RateLimitItem, RateLimitItemPerDay, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import limit_checks
 from app.errors import (
     DestinationRateLimited,
     QuotaExceeded,
@@ -40,6 +42,7 @@ T = TypeVar("T")
 REDIS_TIMEOUT_SECONDS = 0.25
 REDIS_RETRY_AFTER_SECONDS = 5.0
 PING_CACHE_SECONDS = 2.0  # /ready pings Redis at most this often
+DAY_SECONDS = RateLimitItemPerDay(1).get_expiry()  # the daily quota's window, as limits sets it
 
 
 class QuietMemoryStorage(MemoryStorage):
@@ -68,8 +71,14 @@ class QuietMemoryStorage(MemoryStorage):
         """Drop expired moving-window entries and fixed-window counters (no await inside)."""
         now = time.time()
         for key, entries in list(self.events.items()):
-            # Entries are newest first, so expiries descend: keep the unexpired prefix.
-            keep = bisect.bisect_left(entries, -now, key=lambda entry: -entry.expiry)
+            # Entries are newest first, so expiries descend: keep the unexpired prefix. Most
+            # keys are all live or all expired: their ends tell, without a search.
+            if entries and entries[-1].expiry > now:
+                continue
+            if not entries or entries[0].expiry <= now:
+                keep = 0
+            else:
+                keep = bisect.bisect_left(entries, -now, key=lambda entry: -entry.expiry)
             if keep:
                 self.events[key] = entries[:keep]
             else:
@@ -80,6 +89,52 @@ class QuietMemoryStorage(MemoryStorage):
                 self.storage.pop(key, None)
                 del self.expirations[key]
                 self.locks.pop(key, None)
+
+
+def _unwrapped(function: Any) -> Any:
+    while hasattr(function, "__wrapped__"):
+        function = function.__wrapped__
+    return function
+
+
+# limits wraps every storage method, once per class of the hierarchy that declares it, in a
+# handler that only re-raises unless `wrap_exceptions` is on (it is off here): the moving
+# window's two methods reach this class under four such layers, a coroutine frame each.
+# Process memory raises no driver error, so the library's own functions run bare.
+for _name in ("acquire_entry", "get_moving_window", "incr", "get", "get_expiry", "clear"):
+    setattr(QuietMemoryStorage, _name, _unwrapped(getattr(QuietMemoryStorage, _name)))
+
+
+KEYS_REMEMBERED = 20_000  # per limit; then forgotten all at once and rebuilt as needed
+
+
+@functools.cache
+def _remembering(base: type[RateLimitItem]) -> type[RateLimitItem]:
+    """`base` (a limits item class) whose storage keys are remembered: limits rebuilds a
+    key from its parts (escaped and joined) for every storage call, six per send, though
+    it depends on the identifiers alone."""
+
+    class Remembering(base):  # type: ignore[valid-type,misc]
+        __slots__ = ("_keys",)  # no GRANULARITY here: limits does not register the class
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._keys: dict[tuple[Any, ...], str] = {}
+
+        def key_for(self, *identifiers: Any) -> str:
+            key = self._keys.get(identifiers)
+            if key is None:
+                if len(self._keys) >= KEYS_REMEMBERED:
+                    self._keys.clear()
+                key = self._keys[identifiers] = super().key_for(*identifiers)
+            return key
+
+    return Remembering
+
+
+def remembering_keys(item: RateLimitItem) -> RateLimitItem:
+    """The same limit (amount, period, namespace), its storage keys remembered."""
+    return _remembering(type(item))(item.amount, item.multiples, item.namespace)
 
 
 _day_cache: tuple[float, str, float] = (0.0, "", 0.0)
@@ -148,6 +203,8 @@ class LimitStore:
                 socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
                 retry=Retry(NoBackoff(), 0),  # type: ignore[arg-type]  # fail fast; the fallback is the retry
             )
+        # A send's checks, one storage call each (app/limit_checks.py).
+        self._scripts = limit_checks.Scripts(self._redis) if self._redis is not None else None
         storages: list[Storage] = [s for s in (self._memory, self._redis) if s is not None]
         self._moving: dict[Storage, MovingWindowRateLimiter] = {
             s: MovingWindowRateLimiter(s) for s in storages
@@ -162,6 +219,7 @@ class LimitStore:
         self._ping_ok = True
         self._ping_until = 0.0
         self._ping_lock = asyncio.Lock()
+        self._daily_items: dict[int, RateLimitItem] = {}
 
     async def run(self, operation: Callable[[Storage], Awaitable[T]]) -> T:
         redis = self._redis
@@ -222,10 +280,16 @@ class LimitStore:
 
         return await self.run(hit)
 
+    def _daily_item(self, amount: int) -> RateLimitItem:
+        item = self._daily_items.get(amount)
+        if item is None:
+            item = self._daily_items[amount] = remembering_keys(RateLimitItemPerDay(amount))
+        return item
+
     async def daily_hit(self, amount: int, *key: str, count: bool = True) -> Verdict:
         """Fixed window per UTC calendar day: the date is part of the key."""
         day, midnight = _utc_day()
-        item = RateLimitItemPerDay(amount)
+        item = self._daily_item(amount)
         day_key = (*key, day)
 
         async def hit(storage: Storage) -> Verdict:
@@ -234,6 +298,53 @@ class LimitStore:
             return Verdict(allowed, amount, 0, midnight)
 
         return await self.run(hit)
+
+    async def hit_with_window(self, item: RateLimitItem, *key: str) -> Verdict:
+        """`moving_hit` with its window, in one storage call (one script on Redis)."""
+        limit_key = item.key_for(*key)
+
+        async def check(storage: Storage) -> Verdict:
+            window = await limit_checks.hit_and_window(storage, self._scripts, item, limit_key)
+            reset_at = window.start + item.get_expiry()
+            return Verdict(window.allowed, item.amount, item.amount - window.hits, reset_at)
+
+        return await self.run(check)
+
+    async def moving_and_daily(
+        self,
+        item: RateLimitItem,
+        key: tuple[str, ...],
+        daily: int,
+        daily_key: tuple[str, ...],
+        *,
+        count: bool,
+    ) -> tuple[Verdict, Verdict | None]:
+        """A moving window and a daily counter (`daily`=0: none) in one storage call:
+        tested (`count=False`: would one more pass each?), or counted — the counter only
+        when the window took the hit. A window that refuses comes with its Retry-After."""
+        limit_key = item.key_for(*key)
+        day, midnight = _utc_day()
+        daily_item = self._daily_item(daily) if daily else None
+        counter = daily_item.key_for(*daily_key, day) if daily_item is not None else None
+
+        async def check(storage: Storage) -> tuple[Verdict, Verdict | None]:
+            if count:
+                window, used = await limit_checks.hit_both(
+                    storage, self._scripts, item, limit_key, counter, DAY_SECONDS
+                )
+                quota_left = used <= daily
+            else:
+                window, used = await limit_checks.test_both(
+                    storage, self._scripts, item, limit_key, counter
+                )
+                quota_left = used < daily
+            reset_at = window.start + item.get_expiry()
+            verdict = Verdict(window.allowed, item.amount, item.amount - window.hits, reset_at)
+            if counter is None or not window.allowed:
+                return verdict, None
+            return verdict, Verdict(quota_left, daily, 0, midnight)
+
+        return await self.run(check)
 
     async def reset(self) -> None:
         await self._memory.reset()
@@ -254,25 +365,24 @@ class Limits:
         on_reject: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
-        self.per_ip = parse(per_ip)
-        self.per_destination = parse(per_destination)
+        self.per_ip = remembering_keys(parse(per_ip))
+        self.per_destination = remembering_keys(parse(per_destination))
         self.daily_quota = daily_quota
         self.on_reject = on_reject  # metrics: the scope refused, `ip`, `destination`, `quota`
 
     async def check_client(self, client: str) -> Verdict:
-        return await self.store.moving_hit(self.per_ip, "ip", client)
+        return await self.store.hit_with_window(self.per_ip, "ip", client)
 
     async def test_send(self, *, destination: str, caller: str) -> None:
         """Per-destination limit and the caller's daily quota, tested (not counted); raises
         when either is spent. Both are tested before either is counted, so one refusing
         does not use up the other; a send waits for its pacing slot after this test."""
-        destination_left = await self.store.moving_hit(
-            self.per_destination, "dst", destination, stats=False, count=False
-        )
-        quota_left = (
-            await self.store.daily_hit(self.daily_quota, "quota", caller, count=False)
-            if self.daily_quota
-            else None
+        destination_left, quota_left = await self.store.moving_and_daily(
+            self.per_destination,
+            ("dst", destination),
+            self.daily_quota,
+            ("quota", caller),
+            count=False,
         )
         for verdict, scope in ((destination_left, "destination"), (quota_left, "quota")):
             if verdict is not None and not verdict.allowed:
@@ -286,13 +396,17 @@ class Limits:
         another replica may slip in: then this send is refused, having counted the other
         limit once — a bounded over-count, never an extra send.)
         """
-        verdict = await self.store.moving_hit(self.per_destination, "dst", destination, stats=False)
-        if not verdict.allowed:
-            self._refuse("destination", verdict)
-        if self.daily_quota:
-            verdict = await self.store.daily_hit(self.daily_quota, "quota", caller)
-            if not verdict.allowed:
-                self._refuse("quota", verdict)
+        destination_left, quota_left = await self.store.moving_and_daily(
+            self.per_destination,
+            ("dst", destination),
+            self.daily_quota,
+            ("quota", caller),
+            count=True,
+        )
+        if not destination_left.allowed:  # the quota was not counted then
+            self._refuse("destination", destination_left)
+        if quota_left is not None and not quota_left.allowed:
+            self._refuse("quota", quota_left)
 
     async def count_quota(self, *, caller: str) -> None:
         """An asynchronous send's quota, counted when it is accepted (it caps what a key

@@ -38,6 +38,7 @@ class ClaimingWorker:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._busy = 0  # rows being handled (a task leaves `_in_flight` a moment later)
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # What a subclass provides ---------------------------------------------------------
 
@@ -64,11 +65,20 @@ class ClaimingWorker:
         return self._busy
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name=self.name)
 
     def wake(self) -> None:
-        """New work may be due now: claim without waiting for the next poll."""
-        self._wake.set()
+        """New work may be due now: claim without waiting for the next poll. Safe from any
+        thread (SQLite's writer runs a batch's ops, and what they add, in a thread)."""
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if self._loop is None or here is self._loop:
+            self._wake.set()
+        else:
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     async def stop(self, grace_seconds: float = 0.0) -> None:
         """Stop claiming; wait up to `grace_seconds` for rows in progress."""

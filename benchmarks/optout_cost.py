@@ -1,10 +1,12 @@
 """CPU cost of the opt-out check per send, with a large opt-out list.
 
     python benchmarks/optout_cost.py [--listed 100000] [--lookups 20000] [--rounds 3]
+                                     [--database-url postgresql+asyncpg://...]
 
 The send path checks the recipient with one primary-key lookup (`optouts.is_listed`:
-on SQLite a plain sqlite3 connection read in the event loop; on PostgreSQL the pooled
-read path). This loads `--listed` numbers into a fresh SQLite store (the default store),
+on SQLite a plain sqlite3 connection read in the event loop; on PostgreSQL a small asyncpg
+pool of its own). This loads `--listed` numbers into a fresh SQLite store (the default store,
+or the `--database-url` given),
 then times that call -- and, for comparison, the same lookup through SQLAlchemy's read
 path (`db.read()` + `optouts.is_opted_out`) -- for numbers on the list and numbers not on
 it (the common case), 50 at a time as sends run, and reports process CPU and wall time
@@ -63,9 +65,9 @@ async def timed(db: Database, numbers: list[str], how: str = "is_listed") -> tup
     return (time.process_time() - cpu) / len(numbers), (time.perf_counter() - wall) / len(numbers)
 
 
-async def main(listed: int, lookups: int, rounds: int) -> None:
+async def main(listed: int, lookups: int, rounds: int, url: str | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        db = Database(f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}")
+        db = Database(url or f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}")
         await db.start()
         try:
             await load(db, listed)
@@ -94,5 +96,10 @@ if __name__ == "__main__":
     parser.add_argument("--listed", type=int, default=100_000)
     parser.add_argument("--lookups", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--database-url",
+        help="another store, e.g. postgresql+asyncpg://... (an empty scratch database: the "
+        "list is loaded into it); default: a fresh SQLite file",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.listed, args.lookups, args.rounds))
+    asyncio.run(main(args.listed, args.lookups, args.rounds, args.database_url))

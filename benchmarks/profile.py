@@ -63,6 +63,17 @@ LAYERS = [
     ("json (stdlib)", ("json/",)),
 ]
 OTHER = "event loop and the rest (asyncio, stdlib)"
+# Leaves of a thread that waits, which py-spy's idle detection takes for work: aiosqlite's
+# thread and the store writer's thread blocked on their queues, the loop blocked in epoll.
+IDLE_LEAVES = (
+    "_connection_worker_thread (aiosqlite/core.py:59)",
+    "_worker (concurrent/futures/thread.py:81)",
+    "EpollSelector.select (",
+)
+
+
+def idle(frames: list[str]) -> bool:
+    return frames[-1].startswith(IDLE_LEAVES)
 
 
 def record(duration: int, latency: int, connections: int, workdir: Path) -> Path:
@@ -141,7 +152,7 @@ def summarise(raw: Path, latency_ms: int, connections: int) -> str:
     stacks: list[tuple[list[str], int]] = []
     for line in raw.read_text().splitlines():
         frames, _, count = line.rpartition(" ")
-        if frames:
+        if frames and not idle(frames.split(";")):
             stacks.append((frames.split(";"), int(count)))
     total = sum(n for _, n in stacks) or 1
 

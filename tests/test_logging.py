@@ -140,3 +140,50 @@ def test_row11_only_number_fields_mask_bare_digit_runs(capsys):
     assert line["to"] == "1415***0123" and line["to_number"] == "1415***0124"
     assert line["error"] == "'1415***0125' is not a valid phone number."
     assert line["note"] == "forwarded to +1415***0126"
+
+
+def test_the_request_line_is_the_line_the_processors_write(capsys):
+    """The per-request line is rendered in one step with JSON logs: the same keys in the
+    same order, the same masking and scrubbing as any other line."""
+    import structlog
+
+    from app.logging import configure_logging, get_logger, log_request
+
+    configure_logging(level="info", fmt="json", secrets=["secret-token-0123"])
+    fields = {
+        "method": "POST",
+        "route": "/api/mms/send",
+        "status": 502,
+        "duration_ms": 1.25,
+        "caller": None,
+        "to": NUMBER,
+        "message_uuid": "8777463d-0b17-437b-9692-612345678901",
+        "code": "upstream secret-token-0123 14155550199",
+        "pid": 4711,
+    }
+    tokens = structlog.contextvars.bind_contextvars(request_id="rid-1")
+    try:
+        log_request(dict(fields))
+        get_logger("app.access").info("request", **fields)
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
+    fast, chain = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert fast.pop("timestamp").endswith("Z") and chain.pop("timestamp").endswith("Z")
+    assert list(fast.items()) == list(chain.items())
+    assert fast["to"] == mask_number(NUMBER) and "caller" not in fast
+    assert fast["request_id"] == "rid-1" and fast["level"] == "info"
+    assert fast["code"] == "upstream [redacted] 14155550199"  # not a number field
+
+
+@pytest.mark.parametrize(
+    ("level", "fmt", "written"), [("warning", "json", 0), ("info", "console", 1)]
+)
+def test_the_request_line_follows_the_level_and_the_format(capsys, level, fmt, written):
+    from app.logging import configure_logging, log_request
+
+    configure_logging(level=level, fmt=fmt)
+    log_request({"method": "GET", "route": "/health", "status": 200, "to": NUMBER})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == written
+    if written:
+        assert "request" in lines[0] and mask_number(NUMBER) in lines[0] and NUMBER not in lines[0]

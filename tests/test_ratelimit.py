@@ -190,12 +190,16 @@ async def test_memory_storage_sweeps_expired_entries_only():
         assert await moving.hit(short, "old")
         assert await moving.hit(long, "live")
         assert await fixed.hit(short, "counter")
+        assert await moving.hit(short, "mixed")
     await asyncio.sleep(1.1)
+    assert await moving.hit(short, "mixed")  # one live entry before three expired ones
     storage._sweep()
     keys = " ".join(storage.events)
     assert "old" not in keys and "live" in keys
     assert not any("counter" in k for k in storage.storage)
     assert (await moving.get_window_stats(long, "live")).remaining == 2
+    [mixed] = [entries for key, entries in storage.events.items() if "mixed" in key]
+    assert len(mixed) == 1 and (await moving.get_window_stats(short, "mixed")).remaining == 4
 
 
 async def test_ready_reports_an_unreachable_redis_at_the_first_probe(settings_factory, client_for):
@@ -251,3 +255,71 @@ async def test_quiet_sweep_replaces_the_private_method_of_the_pinned_limits():
     assert await MovingWindowRateLimiter(storage).hit(parse("5/minute"), "k")
     assert storage.timer is None  # upstream's sweep task was never started
     assert storage._next_sweep > 0  # ours ran instead
+
+
+async def test_one_call_per_check_keeps_limits_own_data(storage_url):
+    """Each check is one storage call (one script on Redis), on limits' keys and data:
+    limits' own strategies read back exactly what the checks counted."""
+    from limits import parse
+    from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+
+    from app.ratelimit import DAY_SECONDS, LimitStore, _utc_day, remembering_keys
+
+    store = LimitStore(storage_url)
+    per_ip, per_destination = remembering_keys(parse("3/minute")), parse("2/hour")
+    daily = 3
+
+    async def stats(item, *key):
+        return await store.run(lambda s: MovingWindowRateLimiter(s).get_window_stats(item, *key))
+
+    async def quota_used():
+        item = store._daily_item(daily)
+        return await store.run(lambda s: s.get(item.key_for("quota", "alpha", _utc_day()[0])))
+
+    verdicts = [await store.hit_with_window(per_ip, "ip", "10.0.0.1") for _ in range(4)]
+    assert [(v.allowed, v.remaining) for v in verdicts] == [
+        (True, 2),
+        (True, 1),
+        (True, 0),
+        (False, 0),
+    ]
+    assert (await stats(per_ip, "ip", "10.0.0.1")).remaining == 0
+    assert 55 < verdicts[-1].reset_at - time.time() <= 60
+
+    def check(destination, *, count):
+        return store.moving_and_daily(
+            per_destination, ("dst", destination), daily, ("quota", "alpha"), count=count
+        )
+
+    destination, quota = await check("+14155550100", count=False)  # counts nothing
+    assert destination.allowed and quota is not None and quota.allowed
+    assert (await stats(per_destination, "dst", "+14155550100")).remaining == 2
+    assert await quota_used() == 0
+    for _ in range(2):
+        destination, quota = await check("+14155550100", count=True)
+        assert destination.allowed and quota.allowed
+    assert (await stats(per_destination, "dst", "+14155550100")).remaining == 0
+    assert await quota_used() == 2
+    destination, quota = await check("+14155550100", count=True)  # the window refuses:
+    assert not destination.allowed and quota is None  # the quota is not counted
+    assert 3500 < destination.reset_at - time.time() <= 3600
+    assert await quota_used() == 2
+    destination, _ = await check("+14155550100", count=False)
+    assert not destination.allowed and destination.remaining == 0
+    destination, quota = await check("+14155550101", count=True)  # the 3rd of 3
+    assert destination.allowed and quota.allowed and await quota_used() == 3
+    destination, quota = await check("+14155550102", count=False)
+    assert destination.allowed and not quota.allowed
+    destination, quota = await check("+14155550102", count=True)  # a race: counted, refused
+    assert destination.allowed and not quota.allowed and await quota_used() == 4
+    day_item = store._daily_item(daily)
+    assert not await store.run(
+        lambda s: FixedWindowRateLimiter(s).test(day_item, "quota", "alpha", _utc_day()[0])
+    )
+    if storage_url.startswith("redis"):  # the counter's window is limits' own: one day
+        import redis
+
+        ttl = redis.Redis.from_url(storage_url).ttl(
+            f"mms-gateway:{day_item.key_for('quota', 'alpha', _utc_day()[0])}"
+        )
+        assert DAY_SECONDS - 60 < ttl <= DAY_SECONDS

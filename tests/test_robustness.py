@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 
 import pytest
@@ -11,7 +12,7 @@ from sqlalchemy.exc import OperationalError
 
 from app.plivo.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from app.store import db as store_db
-from app.store.db import Database, FunctionOp, StoreUnavailable
+from app.store.db import Database, FunctionOp, RecordPending, StoreUnavailable
 from app.store.idempotency import KEEP_MS, TakeKey
 from app.store.repository import RecordMessage, now_ms
 from app.store.tables import idempotency_keys, messages
@@ -100,16 +101,67 @@ async def test_a_finish_never_moves_a_status_backwards(store_url):
 
 
 async def test_a_write_that_never_commits_fails_in_bounded_time(sqlite_url, monkeypatch):
+    """Another process holds the file's write lock: the writer's thread waits for it (the
+    busy timeout), its caller does not."""
     monkeypatch.setattr(store_db, "WRITE_TIMEOUT_SECONDS", 0.3)
     db = Database(sqlite_url)
     await db.start()
-    release = asyncio.Event()  # the write hangs until the test is done with it
+    assert db.sqlite_path is not None
+    holder = sqlite3.connect(db.sqlite_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock, held
     started = time.monotonic()
-    with pytest.raises(StoreUnavailable):
-        await db.write(FunctionOp(lambda c: release.wait()))
+    with pytest.raises(StoreUnavailable, match="did not commit in time"):
+        await db.write(RecordMessage(_row("m1")))
     assert time.monotonic() - started < 3
-    release.set()
+    holder.execute("ROLLBACK")
+    holder.close()
     await db.close()
+
+
+async def test_a_kept_write_that_is_late_is_pending_then_written(sqlite_url, monkeypatch):
+    """A send's record that does not commit in time: its caller hears RecordPending (the
+    send is answered, the record kept), and the record is written once the store moves."""
+    monkeypatch.setattr(store_db, "WRITE_TIMEOUT_SECONDS", 0.3)
+    db = Database(sqlite_url)
+    await db.start()
+    assert db.sqlite_path is not None
+    holder = sqlite3.connect(db.sqlite_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(RecordPending, match="did not commit in time"):
+            await db.write(RecordMessage(_row("m1")), keep=True)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    await db.write(FunctionOp(lambda c: c.execute(select(1))))  # commits after m1's batch
+    async with db.read() as conn:
+        assert (await conn.execute(select(messages.c.id))).scalars().all() == ["m1"]
+    await db.close()
+
+
+async def test_a_write_op_that_awaits_anything_but_its_statements_fails_alone(store_url, capfd):
+    """A write op runs inside the writer's transaction, on SQLite in the writer's thread:
+    it may await its connection's statements and nothing else. One that does fails alone
+    (logged), and the store stays writable."""
+    db = Database(store_url)
+    await db.start()
+
+    async def waits(conn):
+        await asyncio.sleep(0.01)
+
+    try:
+        if db.dialect == "sqlite":
+            with pytest.raises(StoreUnavailable):
+                await db.write(FunctionOp(waits))
+            assert "store_op_failed" in capfd.readouterr().out
+        else:  # PostgreSQL's writer runs on the event loop: any await works there
+            await db.write(FunctionOp(waits))
+        await db.write(RecordMessage(_row("m1")))
+        assert db.writable
+        async with db.read() as conn:
+            assert (await conn.execute(select(messages.c.id))).scalars().all() == ["m1"]
+    finally:
+        await db.close()
 
 
 async def test_a_failed_write_logs_no_parameters(sqlite_url, capfd):

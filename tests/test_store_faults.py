@@ -292,6 +292,27 @@ async def test_row7_postgres_unreachable_on_reads_is_503_not_500(
         assert (await client.get(f"/api/mms/{uuid}")).status_code == 200
 
 
+async def test_row7_postgres_unreachable_at_the_opt_out_check_is_503_before_plivo(
+    settings_factory, client_for, fake_plivo, postgres_url, proxy
+):
+    """Row 7 on the send path: the opt-out check (its own asyncpg connections) finds
+    PostgreSQL unreachable before any write failed: 503 service_unavailable, nothing sent;
+    once PostgreSQL is back the check reconnects and sends go through again."""
+    settings = settings_factory(database_url=proxy.url_for(postgres_url))
+    async with client_for(settings) as client:
+        assert (await client.post("/api/mms/send", json=VALID)).status_code == 200
+        posts = len(fake_plivo.sends())
+        proxy.cut()
+        response = await client.post("/api/mms/send", json=OTHER)
+        assert response.status_code == 503, response.text
+        assert response.json()["code"] == "service_unavailable"
+        assert int(response.headers["retry-after"]) >= 1
+        assert len(fake_plivo.sends()) == posts  # refused before Plivo
+        proxy.restore()
+        response = await client.post("/api/mms/send", json=OTHER)
+        assert response.status_code == 200, response.text
+
+
 # Row 10 -------------------------------------------------------------------------------------
 @pytest.fixture
 async def scratch_writer(sqlite_url: str) -> Any:

@@ -15,15 +15,17 @@ fails is kept in memory and written by that probe when the store returns.
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import contextlib
 import functools
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from sqlalchemy import delete, event, text
+from sqlalchemy import Connection, Engine, create_engine, delete, event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -121,6 +123,62 @@ async def _run_batch(conn: AsyncConnection, ops: list[WriteOp]) -> list[Any]:
     return results
 
 
+class _ConnectionInThread:
+    """What a write op sees of its connection when the batch runs in the writer's thread:
+    `await conn.execute(...)` runs the statement on a synchronous connection and returns
+    at once, so the ops' code is the same on both paths. Write ops use `execute`,
+    `scalar(s)` and `dialect` of their connection, and await nothing else."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.sync_connection = conn
+        self.dialect = conn.dialect
+
+    async def execute(self, statement: Any, parameters: Any = None, **kwargs: Any) -> Any:
+        return self.sync_connection.execute(statement, parameters, **kwargs)
+
+    async def scalar(self, statement: Any, parameters: Any = None, **kwargs: Any) -> Any:
+        return self.sync_connection.scalar(statement, parameters, **kwargs)
+
+    async def scalars(self, statement: Any, parameters: Any = None, **kwargs: Any) -> Any:
+        return self.sync_connection.scalars(statement, parameters, **kwargs)
+
+
+def _finish(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends (its awaits all complete at once) to its end."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    coroutine.close()
+    raise RuntimeError("a write op awaited something else than its connection's statements")
+
+
+class ThreadedBatches:
+    """Commits each batch in ONE call to a thread of its own, on a synchronous SQLAlchemy
+    engine (SQLite's sqlite3 driver), instead of one hop to aiosqlite's thread for every
+    statement, fetch, BEGIN and COMMIT. The ops, their SQLAlchemy statements and the
+    transaction are the same; only the way to the driver changes (decision 0021)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-writer")
+
+    def _commit(self, check: Callable[[], None] | None, ops: list[WriteOp]) -> list[Any]:
+        if check is not None:
+            check()
+        with self.engine.begin() as conn:
+            return _finish(_run_batch(_ConnectionInThread(conn), ops))  # type: ignore[arg-type]
+
+    async def commit(self, ops: list[WriteOp], check: Callable[[], None] | None) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._commit, check, ops)
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+        self.engine.dispose()
+
+
 class _Probe:
     """A write that proves the store takes writes: a row written and deleted again in
     one transaction (the pages still reach the disk or the server)."""
@@ -161,8 +219,10 @@ class GroupCommitWriter:
         on_batch: Callable[[int, float], None] | None = None,
         check: Callable[[], None] | None = None,
         on_health: Callable[[bool, int], None] | None = None,
+        threaded: ThreadedBatches | None = None,
     ) -> None:
         self._engine = engine
+        self._threaded = threaded  # SQLite: each batch in one thread call
         self._queue: list[_Item] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -174,6 +234,11 @@ class GroupCommitWriter:
         self.failed_since: float | None = None  # monotonic time of the first failed write
         self.pending: list[WriteOp] = []  # kept writes (records of sends Plivo has)
         self._flushing = 0
+        # (deadline, future, keep) of every caller still waiting, oldest first.
+        self._waiting: collections.deque[tuple[float, asyncio.Future[Any], bool]] = (
+            collections.deque()
+        )
+        self._deadline_timer: asyncio.TimerHandle | None = None
 
     @property
     def records_pending(self) -> int:
@@ -192,19 +257,34 @@ class GroupCommitWriter:
         and write it when the store returns (raises RecordPending meanwhile)."""
         if self._closing:
             raise StoreUnavailable("the store is closing")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((op, future, keep))
         self._wake.set()
-        try:
-            async with asyncio.timeout(WRITE_TIMEOUT_SECONDS):
-                return await future
-        except TimeoutError:
-            # The op may still commit later: callers treat this like any store failure
-            # (an Idempotency-Key's lease covers a send whose record is late). A kept op
-            # stays queued, so it is written or kept pending whatever happens next.
-            if keep:
-                raise RecordPending("the store did not commit in time") from None
-            raise StoreUnavailable("the store did not commit in time") from None
+        # One timer for every waiting caller (not one each): deadlines only grow.
+        waiting = self._waiting
+        while waiting and waiting[0][1].done():
+            waiting.popleft()
+        waiting.append((loop.time() + WRITE_TIMEOUT_SECONDS, future, keep))
+        if self._deadline_timer is None:
+            self._deadline_timer = loop.call_at(waiting[0][0], self._expire)
+        return await future
+
+    def _expire(self) -> None:
+        """Fail the callers whose commit did not come in time. The op may still commit
+        later: callers treat this like any store failure (an Idempotency-Key's lease covers
+        a send whose record is late). A kept op stays queued, so it is written or kept
+        pending whatever happens next."""
+        self._deadline_timer = None
+        loop = asyncio.get_running_loop()
+        waiting, now = self._waiting, loop.time()
+        while waiting and (waiting[0][1].done() or waiting[0][0] <= now):
+            _, future, keep = waiting.popleft()
+            if not future.done():
+                error = RecordPending if keep else StoreUnavailable
+                future.set_exception(error("the store did not commit in time"))
+        if waiting:
+            self._deadline_timer = loop.call_at(waiting[0][0], self._expire)
 
     async def _run(self) -> None:
         while True:
@@ -220,10 +300,13 @@ class GroupCommitWriter:
         """Commit the batch; False when the store is down (the whole batch then failed)."""
         started = time.perf_counter()
         try:
-            if self._check is not None:
-                self._check()
-            async with self._engine.begin() as conn:
-                results = await _run_batch(conn, [op for op, _, _ in batch])
+            if self._threaded is not None:
+                results = await self._threaded.commit([op for op, _, _ in batch], self._check)
+            else:
+                if self._check is not None:
+                    self._check()
+                async with self._engine.begin() as conn:
+                    results = await _run_batch(conn, [op for op, _, _ in batch])
         except Exception as exc:
             if is_outage(exc):
                 # The database is down: every op would fail the same way, so the batch
@@ -332,9 +415,14 @@ class GroupCommitWriter:
             self._probe_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe_task
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         for op in self.pending:
             # The last trace of a message Plivo accepted: reconciliation cannot find it.
             log.error("record_lost", reason="store_unavailable_at_shutdown", **_describe(op))
+        if self._threaded is not None:
+            self._threaded.close()
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -374,6 +462,13 @@ def _use_wal(cursor: Any) -> None:
             time.sleep(0.02)  # at connect time only, on a file being created
 
 
+RAW_POOL_SIZE = 10  # fetch_value's connections: lookups are short, as many as the read pool
+
+
+async def _keep_session(connection: Any) -> None:
+    return None
+
+
 class Database:
     def __init__(
         self,
@@ -386,6 +481,8 @@ class Database:
         self.sqlite_path = _sqlite_path(url)
         self.dialect = make_url(url).get_backend_name()
         self._file_identity: tuple[int, int] | None = None
+        self._raw_pool: Any = None  # PostgreSQL: fetch_value's asyncpg pool, made on first use
+        self._raw_pool_lock = asyncio.Lock()
         if self.sqlite_path is not None:
             self.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
             self.engine = create_async_engine(
@@ -402,8 +499,23 @@ class Database:
                 hide_parameters=True,  # errors never carry values (message text) into logs
                 connect_args={"timeout": 5, "command_timeout": 10},
             )
+        threaded = None
+        if self.sqlite_path is not None:
+            # The same file through the synchronous sqlite3 driver, for the writer's thread.
+            sync_engine = create_engine(
+                make_url(url).set(drivername="sqlite"),
+                pool_size=1,
+                max_overflow=0,
+                hide_parameters=True,
+            )
+            event.listen(sync_engine, "connect", _sqlite_pragmas)
+            threaded = ThreadedBatches(sync_engine)
         self.writer = GroupCommitWriter(
-            self.engine, on_batch=on_batch, check=self.check_file, on_health=on_health
+            self.engine,
+            on_batch=on_batch,
+            check=self.check_file,
+            on_health=on_health,
+            threaded=threaded,
         )
         # Which webhook endpoints get events (set at startup from WEBHOOKS): every write
         # that causes an event takes it from here.
@@ -470,6 +582,46 @@ class Database:
             log.error("store_read_failed", error=type(exc).__name__)
             raise StoreUnavailable(type(exc).__name__) from exc
 
+    async def fetch_value(self, query: str, *args: Any) -> Any:
+        """PostgreSQL: the first column of the first row of one plain query, through a small
+        asyncpg pool of its own. For a lookup made on every send: SQLAlchemy's pooled read
+        pings, begins and rolls back around it — several round trips for one (decision
+        0021). The query runs in autocommit, so it sees every commit of every replica. A
+        database that cannot answer raises StoreUnavailable, as `read()` does."""
+        import asyncpg
+
+        try:
+            pool = self._raw_pool or await self._start_raw_pool()
+            return await pool.fetchval(query, *args)
+        except Exception as exc:
+            if not (is_outage(exc) or isinstance(exc, asyncpg.InterfaceError)):
+                raise
+            log.error("store_read_failed", error=type(exc).__name__)
+            raise StoreUnavailable(type(exc).__name__) from exc
+
+    async def _start_raw_pool(self) -> Any:
+        import asyncpg
+
+        async with self._raw_pool_lock:
+            if self._raw_pool is None:
+                _, params = self.engine.dialect.create_connect_args(self.engine.url)
+                # SQLAlchemy's own URL options are not asyncpg's.
+                cache = params.pop("prepared_statement_cache_size", None)
+                params.pop("prepared_statement_name_func", None)
+                if cache is not None:
+                    params["statement_cache_size"] = cache
+                self._raw_pool = await asyncpg.create_pool(
+                    min_size=1,
+                    max_size=RAW_POOL_SIZE,
+                    timeout=5,
+                    command_timeout=10,
+                    # Released connections ran one read in autocommit and changed no session
+                    # state: the default reset (another round trip each time) has nothing to undo.
+                    reset=_keep_session,
+                    **params,
+                )
+        return self._raw_pool
+
     async def ping(self, timeout: float = 2.0) -> bool:
         try:
             async with asyncio.timeout(timeout), self.engine.connect() as conn:
@@ -480,4 +632,6 @@ class Database:
 
     async def close(self) -> None:
         await self.writer.close()
+        if self._raw_pool is not None:
+            await self._raw_pool.close()
         await self.engine.dispose()

@@ -37,8 +37,11 @@ async def is_opted_out(conn: AsyncConnection, number: str) -> bool:
 # connection of our own takes microseconds in the event loop. It reads the shared file in
 # autocommit mode, so every lookup is a fresh read transaction that sees the last commit
 # of any process (WAL): a STOP taken by one worker refuses the next send in every worker.
+# On PostgreSQL it is one plain query on a raw asyncpg connection (Database.fetch_value),
+# in autocommit too: SQLAlchemy's pooled read adds a ping, a BEGIN and a ROLLBACK.
 _LOOKUP = "SELECT opted_out FROM optouts WHERE number = ?"
 _readers: weakref.WeakKeyDictionary[Database, sqlite3.Connection] = weakref.WeakKeyDictionary()
+_PG_LOOKUP = "SELECT opted_out FROM optouts WHERE number = $1"
 READ_BUSY_MS = 200  # readers wait on a writer only in rare WAL recoveries
 
 
@@ -63,6 +66,8 @@ async def is_listed(db: Database, number: str) -> bool:
     """Is `number` on the opt-out list now? One primary-key lookup in the shared store."""
     reader = sqlite_reader(db)
     if reader is None:
+        if db.dialect == "postgresql":  # the same lookup without SQLAlchemy's pooled read
+            return bool(await db.fetch_value(_PG_LOOKUP, number))
         async with db.read() as conn:
             return await is_opted_out(conn, number)
     try:

@@ -78,3 +78,28 @@ async def test_the_per_client_limit_counts_every_check():
 )
 def test_client_keys(address, key):
     assert client_key(address) == key
+
+
+def test_a_remembered_key_is_the_librarys_key(monkeypatch):
+    from limits import parse
+
+    from app import ratelimit
+
+    monkeypatch.setattr(ratelimit, "KEYS_REMEMBERED", 2)
+    original = parse("5/minute")
+    item = ratelimit.remembering_keys(original)
+    assert (item.amount, item.get_expiry(), str(item)) == (5, 60, str(original))
+    for identifiers in [("ip", "10.0.0.1"), ("ip", "10.0.0.2"), ("ip", "a/b"), ("ip", "10.0.0.1")]:
+        assert item.key_for(*identifiers) == original.key_for(*identifiers)
+    assert len(item._keys) <= 2  # bounded: forgotten, then rebuilt the same
+
+
+async def test_memory_counts_through_the_librarys_bare_storage_methods():
+    from app.ratelimit import QuietMemoryStorage
+
+    for name in ("acquire_entry", "get_moving_window", "incr", "get"):
+        assert not hasattr(getattr(QuietMemoryStorage, name), "__wrapped__"), name
+    limiter = limits()
+    verdicts = [await limiter.check_client("10.0.0.1") for _ in range(4)]
+    assert [v.allowed for v in verdicts] == [True, True, True, False]
+    assert [v.remaining for v in verdicts] == [2, 1, 0, 0]

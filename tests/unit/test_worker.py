@@ -150,3 +150,16 @@ async def test_stop_claims_nothing_more_and_hands_back_a_claim_made_while_stoppi
     await worker.stop()
     assert worker.released == [9]
     assert worker.done == []
+
+
+async def test_wake_from_another_thread_reaches_the_loop():
+    """SQLite's writer runs a batch in a thread: an event added there wakes the worker."""
+    hold = asyncio.Event()
+    hold.set()
+    worker = ListWorker([], concurrency=1, hold=hold)
+    worker.start()
+    await until(lambda: worker.claims == [1])
+    worker.due.append(5)
+    await asyncio.to_thread(worker.wake)
+    await until(lambda: worker.done == [5], timeout=2.0)
+    await worker.stop()
