@@ -149,11 +149,12 @@ class Outbox(ClaimingWorker):
         self.draining: Callable[[], bool] = lambda: False  # SIGTERM: claim nothing more
 
     # ClaimingWorker ----------------------------------------------------------------------
-    async def claim(self, conn: AsyncConnection, limit: int) -> list[dict[str, Any]]:
+    def can_claim(self) -> bool:
         if self.draining() or not self.db.writable:
-            return []
-        if asyncio.get_running_loop().time() < self._paused_until:
-            return []  # store failing / a record pending / pace unavailable: send nothing
+            return False  # SIGTERM, or the store failing / a record pending: send nothing
+        return asyncio.get_running_loop().time() >= self._paused_until  # pace unavailable
+
+    async def claim(self, conn: AsyncConnection, limit: int) -> list[dict[str, Any]]:
         return await store.claim_due(conn, now=now_ms(), batch=limit, lease_ms=self.lease_ms)
 
     async def release(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:

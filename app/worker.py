@@ -51,6 +51,11 @@ class ClaimingWorker:
     async def release(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
         raise NotImplementedError
 
+    def can_claim(self) -> bool:
+        """Whether to claim now at all (checked on the event loop, before the claim's write:
+        on SQLite the claim itself runs in the writer's thread)."""
+        return True
+
     async def after_claim(self) -> None:
         """Called after every claim attempt (metrics: backlog, age of the oldest row)."""
 
@@ -119,6 +124,9 @@ class ClaimingWorker:
             event.clear()
 
     async def _claim(self, limit: int) -> list[dict[str, Any]]:
+        if not self.can_claim():
+            await self._report()
+            return []
         try:
             rows: list[dict[str, Any]] = await self.db.write(
                 FunctionOp(lambda conn: self.claim(conn, limit))
@@ -126,14 +134,17 @@ class ClaimingWorker:
         except Exception as exc:  # the store is down: /ready says so; try again later
             log.error("worker_claim_failed", worker=self.name, error=type(exc).__name__)
             rows = []
-        try:
-            await self.after_claim()
-        except Exception as exc:
-            log.error("worker_report_failed", worker=self.name, error=type(exc).__name__)
+        await self._report()
         if rows and self._stopping.is_set():  # claimed while stopping: hand them back
             await self._release(rows)
             return []
         return rows
+
+    async def _report(self) -> None:
+        try:
+            await self.after_claim()
+        except Exception as exc:
+            log.error("worker_report_failed", worker=self.name, error=type(exc).__name__)
 
     def _spawn(self, row: dict[str, Any]) -> None:
         self._busy += 1

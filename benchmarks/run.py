@@ -28,6 +28,7 @@ Results: benchmarks/results/latest.{md,json,png}.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -70,6 +72,10 @@ SERVICE_ENV = {
     "LOG_FORMAT": "json",
     "LOG_LEVEL": "info",
     "PUBLIC_BASE_URL": PUBLIC,
+    # One webhook endpoint for the load's key: every status change of every send is an
+    # event, delivered to a local receiver answering 200 (webhook_receiver.py, on CPU 1).
+    "WEBHOOKS": "bench=http://127.0.0.1:8791/hook",
+    "WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
 }
 
 
@@ -417,8 +423,7 @@ def _seed_messages(url: str, count: int) -> list[str]:
     return uuids
 
 
-HOOK_PORT = 8791
-WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+HOOK_PORT = 8791  # SERVICE_ENV's WEBHOOKS
 CALLBACK_MESSAGES = 30_000  # callbacks alternate sent/delivered per pass over these
 WARMUP_MESSAGES = 5_000
 
@@ -450,12 +455,6 @@ def callbacks(workdir: Path, media: MediaServer, store: str, duration: int) -> d
         role = "bench_" + os.urandom(4).hex()
         _psql(f"CREATE ROLE {role} LOGIN; CREATE SCHEMA {role} AUTHORIZATION {role};")
         url = f"postgresql+asyncpg://{role}@127.0.0.1:5432/test"
-    # One webhook endpoint for the messages' key: every status change is an event,
-    # delivered to a receiver answering 200 (on CPU 1, with wrk).
-    receiver = subprocess.Popen(
-        ["taskset", "-c", "1", PYTHON, str(HERE / "webhook_receiver.py"), "--port", str(HOOK_PORT)],
-        stdout=subprocess.DEVNULL,
-    )
     try:
         uuids = _seed_messages(url, CALLBACK_MESSAGES + WARMUP_MESSAGES)
         requests_file = workdir / "callbacks.tsv"
@@ -466,8 +465,6 @@ def callbacks(workdir: Path, media: MediaServer, store: str, duration: int) -> d
         warmup_file = workdir / "callbacks-warmup.tsv"
         _signed_callbacks(warmup_file, uuids[CALLBACK_MESSAGES:], 20_000)
         env = {
-            "WEBHOOKS": f"bench=http://127.0.0.1:{HOOK_PORT}/hook",
-            "WEBHOOK_SECRET": WEBHOOK_SECRET,
             **SERVICE_ENV,
             **media.env,
             "DATABASE_URL": url,
@@ -513,8 +510,6 @@ def callbacks(workdir: Path, media: MediaServer, store: str, duration: int) -> d
         }
         return result
     finally:
-        receiver.terminate()
-        receiver.wait(10)
         if role:
             _psql(
                 f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename='{role}';"
@@ -773,11 +768,26 @@ def main() -> None:
         "rounds": args.rounds,
         "duration": args.duration,
     }
-    with media_server.serving() as media:
+    with media_server.serving() as media, webhook_receiver():
         run_scenarios(chosen, args, peer, workdir, media, results)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
     write_report(results)
+
+
+@contextlib.contextmanager
+def webhook_receiver() -> Iterator[None]:
+    """The one webhook endpoint of every scenario (SERVICE_ENV's WEBHOOKS), on CPU 1."""
+    receiver = subprocess.Popen(
+        ["taskset", "-c", "1", PYTHON, str(HERE / "webhook_receiver.py"), "--port", str(HOOK_PORT)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{HOOK_PORT}/stats")
+        yield
+    finally:
+        receiver.terminate()
+        receiver.wait(10)
 
 
 def run_scenarios(

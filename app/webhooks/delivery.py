@@ -91,6 +91,7 @@ class WebhookDelivery(ClaimingWorker):
         self.uniform = uniform
         self.per_endpoint = per_endpoint
         self._active: Counter[str] = Counter()  # attempts in flight per endpoint
+        self._active_at_claim: Counter[str] = Counter()  # `_active` as the claim began
         self._capped = False  # the last claim left due rows behind for an endpoint's cap
         self._session: aiohttp.ClientSession | None = None
         self._next_report = 0.0
@@ -116,10 +117,16 @@ class WebhookDelivery(ClaimingWorker):
             await self._session.close()
 
     # Claims --------------------------------------------------------------------------------
+    def can_claim(self) -> bool:
+        # Snapshot on the event loop: on SQLite the claim runs in the writer's thread, while
+        # attempts finishing on the loop change `_active`.
+        self._active_at_claim = Counter(self._active)
+        return True
+
     async def claim(self, conn: AsyncConnection, limit: int) -> list[dict[str, Any]]:
         """Due deliveries, at most `per_endpoint` in flight per endpoint: rows over an
         endpoint's cap are handed back at once and the claim goes on without it."""
-        now, counts = self.now_ms(), Counter(self._active)
+        now, counts = self.now_ms(), Counter(self._active_at_claim)
         taken: list[dict[str, Any]] = []
         self._capped = False
         while len(taken) < limit:
