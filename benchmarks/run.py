@@ -750,6 +750,11 @@ def main() -> None:
     )
     parser.add_argument("--bulk-count", type=int, default=10_000)
     parser.add_argument("--bulk-rate", type=float, default=500.0, help="SEND_RATE, per second")
+    parser.add_argument(
+        "--send-rate",
+        default=SERVICE_ENV["SEND_RATE"],
+        help="SEND_RATE of scenarios 1-4 (0: the pacer off, to see its cost)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "mms-bench"))
@@ -761,11 +766,13 @@ def main() -> None:
         write_report(json.loads((RESULTS / "latest.json").read_text()))
         return
     chosen = args.scenarios.split(",")
+    SERVICE_ENV["SEND_RATE"] = args.send_rate
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     peer = prepare_peer(workdir)
     results: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M"),
+        "send_rate": args.send_rate,
         "rounds": args.rounds,
         "duration": args.duration,
     }
