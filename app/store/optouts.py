@@ -8,8 +8,6 @@ nothing to change returns False and writes nothing (no new `since`, no history r
 
 from __future__ import annotations
 
-import base64
-import re
 import sqlite3
 import weakref
 from typing import Any, Literal
@@ -18,7 +16,7 @@ from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.store import webhooks
+from app.store import cursors, webhooks
 from app.store.db import Database, StoreUnavailable
 from app.store.tables import optout_history, optouts
 
@@ -149,24 +147,12 @@ async def get_entry(conn: AsyncConnection, number: str) -> dict[str, Any] | None
 
 
 def encode_cursor(since: int, number: str) -> str:
-    return base64.urlsafe_b64encode(f"{since}:{number}".encode()).decode().rstrip("=")
-
-
-_CURSOR = re.compile(r"(0|[1-9][0-9]{0,18}):(\+[1-9][0-9]{1,14})")
+    return cursors.encode(since, number)
 
 
 def decode_cursor(cursor: str) -> tuple[int, str] | None:
-    """The position in a cursor encode_cursor made, or None for anything else (bounded
-    values only, and exactly one spelling per position)."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-    except (ValueError, UnicodeError):
-        return None
-    match = _CURSOR.fullmatch(raw)
-    if match is None or int(match[1]) > 2**63 - 1:
-        return None
-    position = int(match[1]), match[2]
-    return position if encode_cursor(*position) == cursor else None
+    """The position in an opt-out list cursor (an E.164 number), or None."""
+    return cursors.decode(cursor, r"\+[1-9][0-9]{1,14}")
 
 
 async def list_entries(

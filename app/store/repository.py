@@ -3,8 +3,6 @@ writer; statuses only ever move forward, whichever path (send, callback, lookup)
 
 from __future__ import annotations
 
-import base64
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.logging import get_logger
 from app.status import FINAL_RANK, STATUS_RANK
-from app.store import optouts, webhooks
+from app.store import cursors, optouts, webhooks
 from app.store.db import BatchedOp
 from app.store.tables import (
     callback_nonces,
@@ -427,34 +425,12 @@ async def get_message(conn: AsyncConnection, caller: str, ident: str) -> dict[st
 
 
 def encode_cursor(created_at: int, message_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{created_at}:{message_id}".encode()).decode().rstrip("=")
-
-
-# What encode_cursor writes: a non-negative BIGINT (both stores' created_at column holds
-# a signed 64-bit integer) and one of the service's ids (32 hex digits, app/ids.py).
-_CURSOR = re.compile(r"(0|[1-9][0-9]{0,18}):([0-9a-f]{32})")
-_MAX_BIGINT = 2**63 - 1
+    return cursors.encode(created_at, message_id)
 
 
 def decode_cursor(cursor: str) -> tuple[int, str] | None:
-    """The position in a cursor this service made, or None for anything else.
-
-    Every value is bounded before it reaches a query: a huge integer overflowed SQLite's
-    driver (a 500) and a NUL made PostgreSQL refuse the query (a 503); both are the
-    caller's mistake. The cursor must also be exactly what encode_cursor writes for that
-    position, so no second spelling (padding, stray characters) is accepted.
-    """
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-    except (ValueError, UnicodeError):  # binascii.Error is a ValueError
-        return None
-    match = _CURSOR.fullmatch(raw)
-    if match is None or int(match[1]) > _MAX_BIGINT:
-        return None
-    created, message_id = int(match[1]), match[2]
-    if encode_cursor(created, message_id) != cursor:
-        return None
-    return created, message_id
+    """The position in a messages cursor (one of the service's ids: app/ids.py), or None."""
+    return cursors.decode(cursor, r"[0-9a-f]{32}")
 
 
 async def list_messages(

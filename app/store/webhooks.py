@@ -12,7 +12,6 @@ configured nothing is read or written.
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.ids import random_id
 from app.status import STATUS_RANK
-from app.store import claims
+from app.store import claims, cursors
 from app.store.db import BatchedOp
 from app.store.tables import messages, webhook_deliveries
 
@@ -343,11 +342,10 @@ def _owner(caller: str | None) -> Any:
 
 
 def encode_cursor(created_at: int, delivery_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{created_at}:{delivery_id}".encode()).decode().rstrip("=")
+    return cursors.encode(created_at, delivery_id)
 
 
 _ID = r"msg_[0-9a-f]{32}"
-_CURSOR = re.compile(rf"(0|[1-9][0-9]{{0,18}}):({_ID})")
 
 
 def is_delivery_id(value: str) -> bool:
@@ -356,17 +354,8 @@ def is_delivery_id(value: str) -> bool:
 
 
 def decode_cursor(cursor: str) -> tuple[int, str] | None:
-    """The position in a cursor encode_cursor made, or None for anything else (bounded
-    values only, and exactly one spelling per position)."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-    except (ValueError, UnicodeError):
-        return None
-    match = _CURSOR.fullmatch(raw)
-    if match is None or int(match[1]) > 2**63 - 1:
-        return None
-    position = int(match[1]), match[2]
-    return position if encode_cursor(*position) == cursor else None
+    """The position in a deliveries cursor (a delivery id), or None."""
+    return cursors.decode(cursor, _ID)
 
 
 async def list_deliveries(
