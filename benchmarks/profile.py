@@ -78,7 +78,9 @@ def idle(frames: list[str]) -> bool:
 
 def record(duration: int, latency: int, connections: int, workdir: Path) -> Path:
     peer = run.prepare_peer(workdir)
-    with media_server.serving() as media:
+    # The service's one webhook endpoint (SERVICE_ENV's WEBHOOKS) answers, as in `make bench`:
+    # without it every delivery would fail and retry, and the profile would show that.
+    with media_server.serving() as media, run.webhook_receiver():
         return _record(peer, media, duration, latency, connections, workdir)
 
 

@@ -55,13 +55,15 @@ async def claim_due(
         .cte("chosen")
         .prefix_with("MATERIALIZED")
     )
-    # The outer condition repeats the inner one: under READ COMMITTED a row another replica
-    # claimed between the two is re-checked, not taken twice.
+    taken = pk.in_(select(chosen.c.id))
+    if conn.dialect.name == "postgresql":
+        # Under READ COMMITTED a row another replica claimed between the CTE and the update
+        # is re-checked, not taken twice. SQLite has one writer, so nothing changes between
+        # the two; there the repeated condition only misled its planner into scanning every
+        # due row for the update instead of finding the chosen ones by key.
+        taken = and_(taken, _due(table, due, now, where))
     result = await conn.execute(
-        update(table)
-        .where(pk.in_(select(chosen.c.id)), _due(table, due, now, where))
-        .values(claimed_until=now + lease_ms)
-        .returning(*returning)
+        update(table).where(taken).values(claimed_until=now + lease_ms).returning(*returning)
     )
     return [dict(row._mapping) for row in result]
 

@@ -41,6 +41,7 @@ log = get_logger("app.store")
 T = TypeVar("T")
 MAX_BATCH = 500
 WRITE_TIMEOUT_SECONDS = 15.0  # a caller never waits longer than this for its commit
+FILE_CHECK_SECONDS = 0.2  # SQLite: how often a send's pre-check looks for the file
 PROBE_SECONDS = 1.0  # while the store is failing: how often the background probe writes
 # SQLSTATE classes that mean the database, not the statement, failed: connection (08),
 # insufficient resources such as a full disk (53), operator intervention such as a
@@ -481,6 +482,7 @@ class Database:
         self.sqlite_path = _sqlite_path(url)
         self.dialect = make_url(url).get_backend_name()
         self._file_identity: tuple[int, int] | None = None
+        self._file_checked_at = -FILE_CHECK_SECONDS
         self._raw_pool: Any = None  # PostgreSQL: fetch_value's asyncpg pool, made on first use
         self._raw_pool_lock = asyncio.Lock()
         if self.sqlite_path is not None:
@@ -545,11 +547,23 @@ class Database:
         if (stat.st_dev, stat.st_ino) != self._file_identity:
             raise StoreUnavailable("the database file was replaced")
 
+    def _file_due(self) -> bool:
+        """At most one look at the file per FILE_CHECK_SECONDS from the event loop: a stat
+        releases the GIL, and taking it back behind the writer's thread costs a send far
+        more than the stat. The writer still checks before every commit: a send that
+        starts in the window after a deletion has its record kept in memory, as a send in
+        flight at the deletion does, and the sends after it are refused."""
+        now = time.monotonic()
+        if now - self._file_checked_at < FILE_CHECK_SECONDS:
+            return False
+        self._file_checked_at = now
+        return True
+
     @property
     def writable(self) -> bool:
         """False while the last write failed, a send's record waits in memory, or (SQLite)
         the database file is gone: `/ready` is 503 and new sends are refused."""
-        if self._file_identity is not None and not self.writer.failing:
+        if self._file_identity is not None and not self.writer.failing and self._file_due():
             try:
                 self.check_file()
             except StoreUnavailable as exc:

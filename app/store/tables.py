@@ -184,7 +184,10 @@ webhook_deliveries = Table(
     Column("created_at", BigInteger, nullable=False),  # the event's time
     Column("updated_at", BigInteger, nullable=False),
 )
-Index("ix_webhook_deliveries_due", webhook_deliveries.c.next_attempt_at)
+# The claim's index: `status = pending AND next_attempt_at <= now`, earliest first.
+Index(
+    "ix_webhook_deliveries_due", webhook_deliveries.c.status, webhook_deliveries.c.next_attempt_at
+)
 Index(
     "ix_webhook_deliveries_caller",
     webhook_deliveries.c.caller,
