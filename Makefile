@@ -21,9 +21,10 @@ run: $(STAMP)
 	$(PY) -m compileall -q app
 	$(PY) -m app
 
-# Two workers (pytest-xdist): the suite waits on subprocesses and sockets more than on CPU.
-# The fleet tests share fixed ports, so they run in one group on one worker.
-TEST_WORKERS ?= 2
+# Four workers (pytest-xdist) on two cores: the suite waits on subprocesses, sockets and
+# leases more than it computes. The fleet tests share fixed ports, so they run in one group
+# on one worker.
+TEST_WORKERS ?= 4
 test: $(STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 

@@ -166,8 +166,8 @@ def _redis_available(url: str) -> bool:
 
 
 def _worker_redis_url() -> str:
-    """Database 11 for the first pytest-xdist worker (or no xdist), 10 for the second, ...:
-    workers never flush each other's keys (the fleet tests use 12-15)."""
+    """Database 11 for the first pytest-xdist worker (or no xdist), 10 for the second, down
+    to 8 for the fourth: workers never flush each other's keys (the fleet tests use 12-15)."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     return f"redis://127.0.0.1:6379/{11 - int(worker.removeprefix('gw'))}"
 

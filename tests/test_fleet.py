@@ -46,7 +46,7 @@ def send(http, n: int, **headers: str) -> list[tuple[int, str | None]]:
 
 
 def test_the_fleet_tests_run_on_one_worker(request):
-    """`make test` runs two workers with `--dist loadgroup`: the fleet's tests (fixed ports,
+    """`make test` runs several workers with `--dist loadgroup`: the fleet's tests (fixed ports,
     one fleet lock) must all run on one of them. xdist marks a group's tests by a node-id
     suffix; with a pytest that ignores it (9.2) the fleet was spread over both workers and
     each waited minutes for the other's lock. This fails when that happens again."""
