@@ -55,7 +55,7 @@ async def claim_due(
         .cte("chosen")
         .prefix_with("MATERIALIZED")
     )
-    taken = pk.in_(select(chosen.c.id))
+    taken: ColumnElement[bool] = pk.in_(select(chosen.c.id))
     if conn.dialect.name == "postgresql":
         # Under READ COMMITTED a row another replica claimed between the CTE and the update
         # is re-checked, not taken twice. SQLite has one writer, so nothing changes between
