@@ -697,7 +697,9 @@ def report(results: dict[str, Any]) -> str:
         lines += [
             "",
             "Per-feature cost (callgrind: instructions per send through the app in process, "
-            "sequential sends, each row switches one feature off):",
+            "sequential sends, each row switches one feature off"
+            + (f"; measured {results['features_when']}" if "features_when" in results else "")
+            + "):",
             "",
             "| variant | instructions per send | saves |",
             "|---|---|---|",

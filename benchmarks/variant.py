@@ -18,6 +18,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
+def _replace(owner: Any, name: str, value: Any) -> None:
+    """Replace `owner.name`, which must exist: a renamed function would otherwise leave its
+    feature on while its row claims it off (the record's row did, until 2026-12-07)."""
+    if not hasattr(owner, name):
+        raise AttributeError(f"variant: {owner.__name__}.{name} no longer exists")
+    setattr(owner, name, value)
+
+
 def switch_off(off: set[str]) -> None:
     """Replace the named features with no-ops (before the app is built)."""
     if "ip_limit" in off:
@@ -26,7 +34,7 @@ def switch_off(off: set[str]) -> None:
         async def pass_through(self: Any, scope: Any, receive: Any, send: Any) -> None:
             await self.app(scope, receive, send)
 
-        ratelimit.ClientRateLimitMiddleware.__call__ = pass_through  # type: ignore[method-assign]
+        _replace(ratelimit.ClientRateLimitMiddleware, "__call__", pass_through)
     if "destination_limit" in off:
         from app import ratelimit
 
@@ -38,22 +46,22 @@ def switch_off(off: set[str]) -> None:
             if self.daily_quota:
                 await self.store.daily_hit(self.daily_quota, "quota", caller)
 
-        ratelimit.Limits.test_send = quota_test  # type: ignore[method-assign]
-        ratelimit.Limits.count_send = quota_count  # type: ignore[method-assign]
+        _replace(ratelimit.Limits, "test_send", quota_test)
+        _replace(ratelimit.Limits, "count_send", quota_count)
     if "record" in off:
         from app.mms import service
 
         async def no_record(*args: Any, **kwargs: Any) -> None:
             return None
 
-        service._record = no_record  # type: ignore[assignment]
+        _replace(service, "record_outcome", no_record)
     if "optout_check" in off:
         from app.mms import service
 
         async def not_listed(db: Any, number: str) -> None:
             return None
 
-        service.refuse_if_opted_out = not_listed  # type: ignore[assignment]
+        _replace(service, "refuse_if_opted_out", not_listed)
     if "metrics" in off:
         from app.metrics import Metrics
 
@@ -73,7 +81,7 @@ def switch_off(off: set[str]) -> None:
             "pacing_waited",
             "pacing_refused",
         ):
-            setattr(Metrics, hook, nothing)
+            _replace(Metrics, hook, nothing)
 
 
 if __name__ == "__main__":
