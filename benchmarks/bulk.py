@@ -18,7 +18,6 @@ clients), every other feature is on as in the other scenarios.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -33,40 +32,6 @@ import httpx
 
 CONNECTIONS = 50
 ACCEPT_SCRIPT = Path(__file__).resolve().parent / "bulk_accept.lua"
-
-
-def _bodies(count: int, media_url: str, send_at: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "to": f"+1415{5550000 + i % 10000:07d}",
-            "media_urls": [media_url],
-            "text": f"bulk {i}",
-            "send_at": send_at,
-        }
-        for i in range(count)
-    ]
-
-
-async def _accept(url: str, api_key: str, bodies: list[dict[str, Any]]) -> list[float]:
-    """POST every body with `Prefer: respond-async` over CONNECTIONS connections: the
-    latency of each 202 (seconds)."""
-    latencies: list[float] = []
-    queue = list(reversed(bodies))
-    headers = {"X-API-Key": api_key, "Prefer": "respond-async"}
-    limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
-
-        async def worker() -> None:
-            while queue:
-                body = queue.pop()
-                started = time.perf_counter()
-                response = await client.post("/api/mms/send", json=body, headers=headers)
-                latencies.append(time.perf_counter() - started)
-                if response.status_code != 202:
-                    raise RuntimeError(f"bulk: {response.status_code} {response.text[:200]}")
-
-        await asyncio.gather(*(worker() for _ in range(CONNECTIONS)))
-    return latencies
 
 
 def _accept_with_wrk(
@@ -126,7 +91,7 @@ def bulk(
     proc = start("bulk-accept")
     try:
         later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
-        asyncio.run(_accept(service_url, api_key, _bodies(100, media_url, later)))  # warm-up
+        _accept_with_wrk(service_url, api_key, media_url, later, 100)  # warm-up
         cpu = cpu_seconds(proc.pid)
         summary = _accept_with_wrk(service_url, api_key, media_url, later, count)
         accept_cpu = cpu_seconds(proc.pid) - cpu

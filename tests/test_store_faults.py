@@ -171,6 +171,36 @@ def test_row4_sqlite_file_back_in_place_writes_the_kept_record_and_sends_resume(
     assert sends_for(fake_plivo) == 1
 
 
+async def test_row4_a_send_looks_at_the_sqlite_file_at_most_once_per_interval(
+    sqlite_url, monkeypatch
+):
+    """Row 4: `writable` (every send's pre-check) stats the file at most once per
+    FILE_CHECK_SECONDS -- a stat on the event loop hands the GIL to the writer's thread --
+    and still finds a deleted file at the next look."""
+    database = sqlite_url.split("///", 1)[1]
+    db = store_db.Database(sqlite_url)
+    await db.start()
+    stats: list[str] = []
+    real_stat = os.stat
+
+    def counting_stat(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(path) == database:
+            stats.append(str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(store_db.os, "stat", counting_stat)
+    try:
+        assert db.writable and db.writable and db.writable
+        assert len(stats) == 1
+        await asyncio.to_thread(os.rename, database, f"{database}.gone")
+        db._file_checked_at -= store_db.FILE_CHECK_SECONDS  # the interval has passed
+        assert not db.writable
+        assert len(stats) == 2
+    finally:
+        monkeypatch.setattr(store_db.os, "stat", real_stat)
+        await db.close()
+
+
 # Row 4 (PostgreSQL) -------------------------------------------------------------------------
 def test_row4_postgres_down_refuses_before_plivo_and_writes_the_kept_record_on_return(
     server_factory, fake_plivo, postgres_url, proxy
