@@ -101,5 +101,5 @@ async def test_a_chunked_body_over_the_limit_is_413(client):
     response = await client.post("/echo", content=chunks())
     assert "content-length" not in response.request.headers
     # Raised from `receive` mid-body; the toy app's own handler renders it (the service's
-    # handler turns the same exception into a problem body: tests/test_validation.py).
+    # handler turns the same exception into a problem body: tests/mms/test_validation.py).
     assert response.status_code == 413

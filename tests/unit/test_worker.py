@@ -2,7 +2,7 @@
 
 The store is replaced by a list of due rows: what is under test is the loop — how much it
 claims, how many rows run at once, waking, stopping and handing claims back — not SQL
-(tests/test_claims.py runs the claim statement on both stores).
+(tests/store/test_claims.py runs the claim statement on both stores).
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from app.config import ConfigError, load_settings
+from tests.callbacks.test_callbacks import PUBLIC, URL, callback, params, send, status_of
 from tests.signing import FORM, v2_headers, v3_headers
-from tests.test_callbacks import PUBLIC, URL, callback, params, send, status_of
 
 HOSTILE = b"a&" * 32767 + b"a"  # 64 KiB of one repeated empty field
 BOGUS_V3 = {"X-Plivo-Signature-V3": "Ym9ndXM=", "X-Plivo-Signature-V3-Nonce": "n-1"}

@@ -20,8 +20,8 @@ from app.store.db import Database, FunctionOp
 from app.store.tables import webhook_deliveries
 from tests.helpers import API_KEYS, VALID
 from tests.server import ROOT, Server, base_env
-from tests.test_webhooks import A, B, deliveries, hooked, hooks, inbound, receiver, until
 from tests.webhook_receiver import SECRET, Receiver
+from tests.webhooks.test_webhooks import A, B, deliveries, hooked, hooks, inbound, receiver, until
 
 __all__ = ["hooked", "receiver"]  # fixtures, re-used
 
