@@ -21,12 +21,13 @@ run: $(STAMP)
 	$(PY) -m compileall -q app
 	$(PY) -m app
 
-# Four workers (pytest-xdist) on two cores: the suite waits on subprocesses, sockets and
+# Five workers (pytest-xdist) on two cores: the suite waits on subprocesses, sockets and
 # leases more than it computes. The fleet tests share fixed ports, so they run in one group
-# on one worker.
-TEST_WORKERS ?= 4
+# on one worker, started first (tests/conftest.py orders the groups ahead of the rest).
+TEST_WORKERS ?= 5
+TEST_DIST = -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest $(TEST_DIST)
 
 # Schemathesis with 100 examples per operation (`make test` runs 25); CI runs both.
 fuzz: $(STAMP)
@@ -34,7 +35,7 @@ fuzz: $(STAMP)
 
 # Line coverage of app/ by the in-process tests (subprocesses are not traced).
 coverage: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --cov=app --cov-report=term
+	$(PY) -m pytest $(TEST_DIST) --cov=app --cov-report=term
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check app tests benchmarks

@@ -46,6 +46,42 @@ def pytest_configure(config: pytest.Config) -> None:
         compileall.compile_dir(Path(__file__).resolve().parent.parent / "app", quiet=1)
 
 
+def _schedule_rank(item: pytest.Item) -> int:
+    if item.get_closest_marker("xdist_group"):
+        return 0
+    if item.get_closest_marker("slow"):
+        return 1
+    fixtures = getattr(item, "fixturenames", ())
+    if item.get_closest_marker("e2e") or "server_factory" in fixtures:
+        return 2
+    return 3
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest first, for `make test`'s workers (`--no-loadscope-reorder` keeps this order):
+    the `xdist_group` tests, each group one worker's serial chain (the fleet's is the suite's
+    longest); the `slow` ones; those that start `python -m app` processes (seconds each);
+    then the in-process rest, which fills the gaps at the end. A worker is handed more tests
+    whenever two of its own are left, so a long one at the end would hold the whole run."""
+    items.sort(key=_schedule_rank)
+
+
+# How much the other workers yield the CPU to the groups' chains (see below).
+UNGROUPED_NICENESS = 10
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Under xdist, a worker lowers its priority (and its servers') before its first test
+    outside an `xdist_group`: the fleet's chain is timed (leases, a paced drain) and sets
+    the suite's wall time, so on a busy machine it gets the cores first; the rest mostly
+    waits on sockets and subprocesses, and takes what is left."""
+    if "PYTEST_XDIST_WORKER" not in os.environ or item.get_closest_marker("xdist_group"):
+        return
+    if os.getpriority(os.PRIO_PROCESS, 0) < UNGROUPED_NICENESS:
+        os.setpriority(os.PRIO_PROCESS, 0, UNGROUPED_NICENESS)
+
+
 @pytest.fixture(scope="session")
 def fake_plivo_server() -> Iterator[FakePlivo]:
     fake = FakePlivo().start()
@@ -166,8 +202,9 @@ def _redis_available(url: str) -> bool:
 
 
 def _worker_redis_url() -> str:
-    """Database 11 for the first pytest-xdist worker (or no xdist), 10 for the second, down
-    to 8 for the fourth: workers never flush each other's keys (the fleet tests use 12-15)."""
+    """Database 11 for the first pytest-xdist worker (or no xdist), 10 for the second, and so
+    on down (7 for `make test`'s fifth): workers never flush each other's keys (the fleet
+    tests use 12-15)."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     return f"redis://127.0.0.1:6379/{11 - int(worker.removeprefix('gw'))}"
 

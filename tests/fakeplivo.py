@@ -73,6 +73,7 @@ class Call:
     json: Any
     query: dict[str, str]
     at: float
+    client_port: int  # the caller's end of the connection: which process sent it (`ss`)
 
 
 @dataclass
@@ -157,6 +158,7 @@ class FakePlivo:
                     body,
                     dict(request.query),
                     time.time(),
+                    request.transport.get_extra_info("peername")[1] if request.transport else 0,
                 )
             )
 

@@ -55,6 +55,7 @@ def test_fifty_concurrent_one_key_one_call_and_replays_survive_restarts(server_f
     assert len(fake_plivo.sends()) == 1
 
 
+@pytest.mark.slow
 def test_kill_9_mid_send_then_restart_makes_no_new_call(server_factory, fake_plivo):
     """A key orphaned by a crash is 409 during its lease, then a stored unknown outcome (504)."""
     settings = {

@@ -50,8 +50,148 @@ def test_the_fleet_tests_run_on_one_worker(request):
     one fleet lock) must all run on one of them. xdist marks a group's tests by a node-id
     suffix; with a pytest that ignores it (9.2) the fleet was spread over both workers and
     each waited minutes for the other's lock. This fails when that happens again."""
-    if request.config.getvalue("loadgroup"):
+    if getattr(request.config.option, "loadgroup", False):  # set by xdist's --dist loadgroup
         assert request.node.nodeid.endswith("@fleet"), "see the pytest pin in pyproject.toml"
+
+
+# The outbox: one pace toward Plivo for the fleet, each scheduled message sent once. These two
+# are the group's longest tests, so they come first: xdist gives a worker more tests once two
+# of its own are left, and those would otherwise wait behind them.
+OUTBOX_SENDS = 1000
+OUTBOX_RATE = 50  # per second: 1,000 sends take 20 s (19 s after the first second's burst)
+# All are accepted first (send_at this far ahead; accepting 1,000 took 2.4 s on a quiet
+# machine), then drained together.
+ACCEPT_SECONDS = 12
+
+
+def _accept_async(fleet, count: int, *, due_together: bool = True) -> dict[str, str]:
+    """`count` respond-async sends through nginx, concurrently: text -> id. With
+    `due_together`, all are due at one moment ACCEPT_SECONDS ahead (so the drain, not the
+    acceptance, is measured); otherwise each is due when accepted."""
+    due = {}
+    if due_together:
+        due["send_at"] = (datetime.now(UTC) + timedelta(seconds=ACCEPT_SECONDS)).isoformat()
+    bodies = [{**message(), "text": f"outbox {i}", **due} for i in range(count)]
+    headers = {**AUTH, "Prefer": "respond-async"}
+
+    def post(chunk):
+        ids = {}
+        with fleet.client() as http:
+            for body in chunk:
+                response = http.post("/api/mms/send", json=body, headers=headers)
+                assert response.status_code == 202, response.text
+                ids[body["text"]] = response.json()["id"]
+        return ids
+
+    chunks = [bodies[i::16] for i in range(16)]
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(len(chunks)) as pool:
+        ids = {t: i for found in pool.map(post, chunks) for t, i in found.items()}
+    took = time.monotonic() - started
+    print(f"outbox accept: {count} in {took:.1f} s ({count / took:.0f}/s)")
+    if due_together:
+        assert took < ACCEPT_SECONDS - 2, f"accepting took {took:.1f} s: the drain began before"
+    assert len(set(ids.values())) == count
+    return ids
+
+
+def _posts_per_text(fleet) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for call in fleet.fake.sends():
+        counts[call.json["text"]] = counts.get(call.json["text"], 0) + 1
+    return counts
+
+
+def _wait_sent(fleet, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while len(_posts_per_text(fleet)) < count and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def _outbox_fleet(start_fleet):
+    # A 3-s Plivo deadline (the fake answers at once) shortens the outbox lease, which the
+    # kill test waits out, by 7 s.
+    return start_fleet(
+        SEND_RATE=f"{OUTBOX_RATE}/second", RATE_LIMIT="100000/minute", PLIVO_TIMEOUT_SECONDS=3
+    )
+
+
+def test_outbox_backlog_drains_at_send_rate_across_replicas_once_each(start_fleet):
+    """1,000 respond-async sends over both replicas drain at SEND_RATE=50/s (20 s +- 10 %),
+    each sent exactly once, by both replicas."""
+    fleet = _outbox_fleet(start_fleet)
+    marks = fleet.marks()
+    _accept_async(fleet, OUTBOX_SENDS)
+    _wait_sent(fleet, OUTBOX_SENDS, timeout=ACCEPT_SECONDS + 60)
+    counts = _posts_per_text(fleet)
+    assert len(counts) == OUTBOX_SENDS and set(counts.values()) == {1}
+    times = sorted(call.at for call in fleet.fake.sends())
+    drained = times[-1] - times[0]
+    print(
+        f"outbox drain: {OUTBOX_SENDS} sends in {drained:.2f} s "
+        f"({(OUTBOX_SENDS - 1) / drained:.1f}/s, SEND_RATE {OUTBOX_RATE}/s)"
+    )
+    assert 18.0 <= drained <= 22.0, drained
+
+    def by_replica() -> list[int]:
+        return [
+            len(r.events("outbox_send", since))
+            for r, since in zip(fleet.replicas, marks, strict=True)
+        ]
+
+    # A replica logs its send just after recording it: the last line may still be coming.
+    deadline = time.monotonic() + 10
+    while sum(by_replica()) < OUTBOX_SENDS and time.monotonic() < deadline:
+        time.sleep(0.2)
+    sends = by_replica()
+    assert all(n > 0 for n in sends) and sum(sends) == OUTBOX_SENDS, sends
+
+
+def test_outbox_loses_nothing_when_a_replica_is_killed_halfway(start_fleet):
+    """SIGKILL one replica halfway through the drain, restart it: no message is sent twice,
+    and none is lost -- each is sent exactly once, except one the dead replica had marked
+    as being sent whose POST never arrived: that one is an unknown outcome for
+    reconciliation (the invariant: never risk a second send), not a lost message. One it
+    had only claimed is taken again once its lease runs out."""
+    fleet = _outbox_fleet(start_fleet)
+    # Due at once: the drain (20 s) starts while the rest are accepted (a few seconds).
+    ids = _accept_async(fleet, OUTBOX_SENDS, due_together=False)
+    deadline = time.monotonic() + 60
+    while len(fleet.fake.sends()) < OUTBOX_SENDS // 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victim = fleet.replicas[0]
+    victim.server.kill()  # SIGKILL, by PID, mid-drain
+    killed_at = len(fleet.fake.sends())
+    victim.restart()
+    # The dead replica's claims run out (the outbox lease: under a minute), then are sent.
+    schema = fleet.schema  # a reused fleet's, not this test's postgres_url
+
+    def statuses() -> dict[str, tuple[str, bool]]:
+        rows = psql(
+            f"SELECT id, status, attempt_started_at IS NOT NULL FROM {schema}.messages"
+        ).split()
+        return {r.split("|")[0]: (r.split("|")[1], r.split("|")[2] == "t") for r in rows}
+
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        states = statuses()
+        if all(status != "scheduled" for status, _ in states.values()):
+            break
+        time.sleep(0.5)
+    counts = _posts_per_text(fleet)
+    unsent = {text: states[ids[text]] for text in ids if text not in counts}
+    print(
+        f"outbox kill: killed after {killed_at} sends; {len(counts)} sent once, "
+        f"max POSTs per message {max(counts.values())}, not sent: {unsent}"
+    )
+    assert set(counts.values()) == {1}  # never twice
+    # Sent: queued, or (its POST in flight when the replica died) an unknown outcome that
+    # reconciliation settles -- never sent again.
+    sent_states = {states[ids[text]] for text in counts}
+    assert sent_states <= {("queued", True), ("unknown", True)}, sent_states
+    # Not lost: interrupted between its mark and its POST, it is an unknown outcome.
+    assert all(state == ("unknown", True) for state in unsent.values()), unsent
+    assert len(unsent) <= 5, unsent
 
 
 def served(fleet) -> list[int]:
@@ -221,23 +361,12 @@ def test_callback_through_replica_a_is_read_on_replica_b(start_fleet):
     assert [e["status"] for e in seen["events"]] == ["delivered"]
 
 
-def test_a_slow_send_gets_the_apps_504_not_nginxs(fleet):
-    """Plivo silent for the whole PLIVO_TIMEOUT_SECONDS (10 s): the app's 504 reaches the caller through nginx."""
-    from tests.fakeplivo import hang
-
-    fleet.fake.script(hang())
-    with fleet.client() as http:
-        response = http.post("/api/mms/send", json=message(), headers=AUTH)
-    assert response.status_code == 504
-    assert response.headers["Content-Type"] == "application/problem+json"
-    assert response.json()["code"] == "upstream_timeout"
-    assert len(fleet.fake.sends()) == 1
-
-
-def _replica_talking_to(fleet, port: int):
-    """The replica with a connection open to `port` (the fake Plivo), found with `ss`."""
+def _replica_that_sent(fleet, call):
+    """The replica whose connection carried `call` (a request the fake Plivo holds open),
+    found with `ss`: both replicas may hold keep-alive connections to the fake."""
+    query = f"( dport = :{fleet.fake.port} and sport = :{call.client_port} )"
     out = subprocess.run(
-        ["ss", "-Htnp", "state", "established", f"( dport = :{port} )"],
+        ["ss", "-Htnp", "state", "established", query],
         capture_output=True,
         text=True,
         timeout=10,
@@ -259,7 +388,7 @@ def test_a_post_that_reached_a_replica_is_never_sent_to_another(fleet):
         while not fleet.fake.sends() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(fleet.fake.sends()) == 1
-        holder = _replica_talking_to(fleet, fleet.fake.port)
+        holder = _replica_that_sent(fleet, fleet.fake.sends()[0])
         holder.server.kill()  # by PID, with the POST in flight
         response = pending.result(timeout=15)
     assert response.status_code == 502  # nginx's own: the send may have reached Plivo
@@ -268,6 +397,22 @@ def test_a_post_that_reached_a_replica_is_never_sent_to_another(fleet):
     with fleet.client() as http:  # connect refused -> the other replica (nothing was sent)
         assert send(http, 4) == [(200, None)] * 4
     assert len(fleet.fake.sends()) == 5
+
+
+def test_a_slow_send_gets_the_apps_504_not_nginxs(start_fleet):
+    """Plivo silent for the whole PLIVO_TIMEOUT_SECONDS: the app's 504 reaches the caller
+    through nginx, not nginx's own 504 (its proxy_read_timeout is longer). The deadline is
+    3 s here rather than compose.yaml's 10 s only to keep the test short."""
+    from tests.fakeplivo import hang
+
+    fleet = start_fleet(PLIVO_TIMEOUT_SECONDS=3)
+    fleet.fake.script(hang())
+    with fleet.client() as http:
+        response = http.post("/api/mms/send", json=message(), headers=AUTH)
+    assert response.status_code == 504
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert response.json()["code"] == "upstream_timeout"
+    assert len(fleet.fake.sends()) == 1
 
 
 def test_each_stale_message_is_reconciled_once_fleet_wide(start_fleet):
@@ -319,132 +464,3 @@ def _direct(url):
     from tests.fleet import client
 
     return client(url)
-
-
-# The outbox: one pace toward Plivo for the fleet, each scheduled message sent once.
-OUTBOX_SENDS = 1000
-OUTBOX_RATE = 50  # per second: 1,000 sends take 20 s (19 s after the first second's burst)
-# All are accepted first (send_at this far ahead; accepting 1,000 took 2.4 s on a quiet
-# machine), then drained together.
-ACCEPT_SECONDS = 15
-
-
-def _accept_async(fleet, count: int) -> dict[str, str]:
-    """`count` respond-async sends through nginx, concurrently, all due at one moment
-    ACCEPT_SECONDS ahead (so the drain, not the acceptance, is measured): text -> id."""
-    send_at = (datetime.now(UTC) + timedelta(seconds=ACCEPT_SECONDS)).isoformat()
-    bodies = [{**message(), "text": f"outbox {i}", "send_at": send_at} for i in range(count)]
-    headers = {**AUTH, "Prefer": "respond-async"}
-
-    def post(chunk):
-        ids = {}
-        with fleet.client() as http:
-            for body in chunk:
-                response = http.post("/api/mms/send", json=body, headers=headers)
-                assert response.status_code == 202, response.text
-                ids[body["text"]] = response.json()["id"]
-        return ids
-
-    chunks = [bodies[i::16] for i in range(16)]
-    started = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(len(chunks)) as pool:
-        ids = {t: i for found in pool.map(post, chunks) for t, i in found.items()}
-    took = time.monotonic() - started
-    print(f"outbox accept: {count} in {took:.1f} s ({count / took:.0f}/s)")
-    assert took < ACCEPT_SECONDS - 2, f"accepting took {took:.1f} s: the drain began before"
-    assert len(set(ids.values())) == count
-    return ids
-
-
-def _posts_per_text(fleet) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for call in fleet.fake.sends():
-        counts[call.json["text"]] = counts.get(call.json["text"], 0) + 1
-    return counts
-
-
-def _wait_sent(fleet, count: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while len(_posts_per_text(fleet)) < count and time.monotonic() < deadline:
-        time.sleep(0.2)
-
-
-def _outbox_fleet(start_fleet):
-    return start_fleet(SEND_RATE=f"{OUTBOX_RATE}/second", RATE_LIMIT="100000/minute")
-
-
-def test_outbox_backlog_drains_at_send_rate_across_replicas_once_each(start_fleet):
-    """1,000 respond-async sends over both replicas drain at SEND_RATE=50/s (20 s +- 10 %),
-    each sent exactly once, by both replicas."""
-    fleet = _outbox_fleet(start_fleet)
-    marks = fleet.marks()
-    _accept_async(fleet, OUTBOX_SENDS)
-    _wait_sent(fleet, OUTBOX_SENDS, timeout=ACCEPT_SECONDS + 60)
-    counts = _posts_per_text(fleet)
-    assert len(counts) == OUTBOX_SENDS and set(counts.values()) == {1}
-    times = sorted(call.at for call in fleet.fake.sends())
-    drained = times[-1] - times[0]
-    print(
-        f"outbox drain: {OUTBOX_SENDS} sends in {drained:.2f} s "
-        f"({(OUTBOX_SENDS - 1) / drained:.1f}/s, SEND_RATE {OUTBOX_RATE}/s)"
-    )
-    assert 18.0 <= drained <= 22.0, drained
-
-    def by_replica() -> list[int]:
-        return [
-            len(r.events("outbox_send", since))
-            for r, since in zip(fleet.replicas, marks, strict=True)
-        ]
-
-    # A replica logs its send just after recording it: the last line may still be coming.
-    deadline = time.monotonic() + 10
-    while sum(by_replica()) < OUTBOX_SENDS and time.monotonic() < deadline:
-        time.sleep(0.2)
-    sends = by_replica()
-    assert all(n > 0 for n in sends) and sum(sends) == OUTBOX_SENDS, sends
-
-
-def test_outbox_loses_nothing_when_a_replica_is_killed_halfway(start_fleet):
-    """SIGKILL one replica halfway through the drain, restart it: no message is sent twice,
-    and none is lost -- each is sent exactly once, except one the dead replica had marked
-    as being sent whose POST never arrived: that one is an unknown outcome for
-    reconciliation (the invariant: never risk a second send), not a lost message. One it
-    had only claimed is taken again once its lease runs out."""
-    fleet = _outbox_fleet(start_fleet)
-    ids = _accept_async(fleet, OUTBOX_SENDS)
-    deadline = time.monotonic() + ACCEPT_SECONDS + 60
-    while len(fleet.fake.sends()) < OUTBOX_SENDS // 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    victim = fleet.replicas[0]
-    victim.server.kill()  # SIGKILL, by PID, mid-drain
-    killed_at = len(fleet.fake.sends())
-    victim.restart()
-    # The dead replica's claims run out (the outbox lease: under a minute), then are sent.
-    schema = fleet.schema  # a reused fleet's, not this test's postgres_url
-
-    def statuses() -> dict[str, tuple[str, bool]]:
-        rows = psql(
-            f"SELECT id, status, attempt_started_at IS NOT NULL FROM {schema}.messages"
-        ).split()
-        return {r.split("|")[0]: (r.split("|")[1], r.split("|")[2] == "t") for r in rows}
-
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        states = statuses()
-        if all(status != "scheduled" for status, _ in states.values()):
-            break
-        time.sleep(0.5)
-    counts = _posts_per_text(fleet)
-    unsent = {text: states[ids[text]] for text in ids if text not in counts}
-    print(
-        f"outbox kill: killed after {killed_at} sends; {len(counts)} sent once, "
-        f"max POSTs per message {max(counts.values())}, not sent: {unsent}"
-    )
-    assert set(counts.values()) == {1}  # never twice
-    # Sent: queued, or (its POST in flight when the replica died) an unknown outcome that
-    # reconciliation settles -- never sent again.
-    sent_states = {states[ids[text]] for text in counts}
-    assert sent_states <= {("queued", True), ("unknown", True)}, sent_states
-    # Not lost: interrupted between its mark and its POST, it is an unknown outcome.
-    assert all(state == ("unknown", True) for state in unsent.values()), unsent
-    assert len(unsent) <= 5, unsent

@@ -307,6 +307,7 @@ async def test_stopping_claims_nothing_more(make, client_for, fake_plivo):
 
 
 # kill -9 during the POST ------------------------------------------------------------------
+@pytest.mark.slow
 def test_kill_9_during_the_post_sends_once_and_reconciles(
     server_factory, fake_plivo, store_url, tmp_path
 ):

@@ -63,7 +63,9 @@ async def test_failed_lookup_error_code_is_kept(fast, client_for, fake_plivo):
 
 
 async def test_lookups_are_paced_by_reconcile_rate(fast, client_for, fake_plivo):
-    """RECONCILE_RATE=4: consecutive lookups at least ~1/4 s apart."""
+    """RECONCILE_RATE=4: lookups leave on slots 1/4 s apart. Measured where the fake Plivo
+    receives them, so one may arrive late and the next on time: the span of five is at least
+    four slots, and no two come together."""
     async with client_for(fast(reconcile_rate=4)) as client:
         for i in range(5):
             await client.post("/api/mms/send", json={**VALID, "to": f"+1415555020{i}"})
@@ -74,7 +76,8 @@ async def test_lookups_are_paced_by_reconcile_rate(fast, client_for, fake_plivo)
         await eventually(five_lookups)
     times = [c.at for c in fake_plivo.lookups()][:5]
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert min(gaps) >= 0.2, gaps
+    assert times[-1] - times[0] >= 4 * 0.25 - 0.05, gaps
+    assert min(gaps) >= 0.1, gaps
 
 
 async def test_gives_up_and_settles_as_it_is(fast, client_for, fake_plivo):

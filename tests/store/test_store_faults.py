@@ -88,6 +88,7 @@ def proxy() -> Iterator[TcpProxy]:
 
 
 # Row 4 (SQLite) -----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_row4_sqlite_file_deleted_refuses_sends_before_plivo_and_never_sends_twice(
     server_factory, fake_plivo, tmp_path
 ):
@@ -235,6 +236,7 @@ def test_row4_postgres_down_refuses_before_plivo_and_writes_the_kept_record_on_r
     assert sends_for(fake_plivo) == 1
 
 
+@pytest.mark.slow
 def test_row4_postgres_down_then_restart_replays_unknown_never_sends_twice(
     server_factory, fake_plivo, postgres_url, proxy
 ):
