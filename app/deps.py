@@ -8,7 +8,7 @@ through `request.state` — never through `app.state`. Tests replace any of thes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, TypedDict
 
 from fastapi import Depends, Header, Request
@@ -21,6 +21,7 @@ from app.pacing import Pacer
 from app.plivo.sender import Sender
 from app.ratelimit import Limits
 from app.store.db import Database
+from app.store.outbox import PendingCounts
 
 if TYPE_CHECKING:  # only for the annotations: the metrics and the reconciler import no route
     from app.metrics import Metrics
@@ -44,6 +45,8 @@ class Services:
     pacer: Pacer | None = None  # None: SEND_RATE=0, pacing off
     preflight: Preflight | None = None  # None: MEDIA_PREFLIGHT off
     outbox: Outbox | None = None  # sends the scheduled messages (woken by a due one)
+    # Each key's scheduled messages, for OUTBOX_MAX_PENDING_PER_KEY without a count per send.
+    pending_counts: PendingCounts = field(default_factory=PendingCounts)
     draining: bool = False  # set on SIGTERM and at shutdown: /ready answers 503
     draining_since: float | None = None  # monotonic time of SIGTERM
 

@@ -92,6 +92,7 @@ async def send_mms(
                 settings=services.settings,
                 preflight=services.preflight,
                 wake=outbox.wake if outbox is not None else None,
+                pending_counts=services.pending_counts,
             )
         else:
             result = await service.send_mms(

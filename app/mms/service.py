@@ -280,6 +280,7 @@ async def schedule_mms(
     settings: Settings,
     preflight: Preflight | None = None,
     wake: Callable[[], None] | None = None,
+    pending_counts: outbox_store.PendingCounts | None = None,
 ) -> SendResult:
     """Accept an asynchronous send: the checks a caller should learn about at once
     (validation, opt-out, preflight, the outbox's room, the daily quota), then the message
@@ -295,8 +296,13 @@ async def schedule_mms(
     await refuse_if_opted_out(db, request.to)
     if preflight is not None:
         await preflight.check(request.media_urls, deadline=settings.plivo_timeout_seconds)
-    pending = await outbox_store.pending_count(db, caller)
-    if pending >= settings.outbox_max_pending_per_key:
+    cap = settings.outbox_max_pending_per_key
+    pending = await (
+        pending_counts.count(db, caller, cap)
+        if pending_counts is not None
+        else outbox_store.pending_count(db, caller)
+    )
+    if pending >= cap:
         raise OutboxFull(
             f"This API key already has {pending} scheduled messages waiting "
             "(OUTBOX_MAX_PENDING_PER_KEY); retry once some are sent.",
@@ -348,6 +354,8 @@ async def schedule_mms(
         replay = _claim_result(claim)
         if replay is not None:
             return replay
+    if pending_counts is not None:
+        pending_counts.accepted(caller)
     if wake is not None and due <= now_ms():
         wake()  # due now (a plain respond-async): the outbox sends it at once
     return SendResult(202, body, headers, message_uuid=None, message_id=message_id)

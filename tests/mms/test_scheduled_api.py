@@ -227,6 +227,25 @@ async def test_outbox_full_is_429(settings_factory, client_for, store_url, fake_
     assert other_key.status_code == 202
 
 
+async def test_a_canceled_message_frees_its_room_in_the_outbox(
+    settings_factory, client_for, store_url, fake_plivo
+):
+    settings = settings_factory(
+        api_keys=API_KEYS, database_url=store_url, outbox_max_pending_per_key=2
+    )
+    async with client_for(settings) as client:
+        body = {**VALID, "send_at": later(hours=1)}
+        first = await client.post(SEND, json=body, headers=A)
+        assert (await client.post(SEND, json=body, headers=A)).status_code == 202
+        assert (await client.post(SEND, json=body, headers=A)).status_code == 429
+        canceled = await client.delete(f"/api/mms/{first.json()['id']}", headers=A)
+        again = await client.post(SEND, json=body, headers=A)
+        full_again = await client.post(SEND, json=body, headers=A)
+    assert canceled.status_code == 200
+    assert again.status_code == 202
+    assert full_again.status_code == 429 and full_again.json()["code"] == "outbox_full"
+
+
 async def test_quota_is_counted_at_acceptance(settings_factory, client_for, fake_plivo):
     settings = settings_factory(api_keys=API_KEYS, daily_quota_per_key=1)
     async with client_for(settings) as client:

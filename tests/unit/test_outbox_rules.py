@@ -12,6 +12,7 @@ from app.outbox import (
     lease_seconds,
     outbox_concurrency,
 )
+from app.store.outbox import PendingCounts
 
 
 def settings(**values) -> Settings:
@@ -58,3 +59,89 @@ def test_the_lease_covers_everything_a_holder_does():
 )
 def test_prefer_respond_async(headers, expected):
     assert prefers_async(headers) is expected
+
+
+# The per-key room check (OUTBOX_MAX_PENDING_PER_KEY) without a count per acceptance --------
+class Store:
+    """What a count of a key's scheduled rows would find, and how often it was asked."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, int] = {}
+        self.counts = 0
+
+    async def count(self, db: object, caller: str) -> int:
+        self.counts += 1
+        return self.rows.get(caller, 0)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def pending_counts() -> tuple[PendingCounts, Store, Clock]:
+    store, clock = Store(), Clock()
+    return PendingCounts(clock=clock, counter=store.count), store, clock
+
+
+async def accept(counts: PendingCounts, store: Store, caller: str, cap: int) -> bool:
+    """One acceptance as the send route makes it: check the room, then record."""
+    if await counts.count(None, caller, cap) >= cap:  # type: ignore[arg-type]
+        return False
+    store.rows[caller] = store.rows.get(caller, 0) + 1
+    counts.accepted(caller)
+    return True
+
+
+async def test_far_from_the_cap_the_store_is_counted_once_a_second():
+    counts, store, clock = pending_counts()
+    for _ in range(500):
+        assert await accept(counts, store, "a", cap=100_000)
+        clock.now += 0.001  # 500 acceptances in half a second
+    assert store.counts == 1
+    assert await counts.count(None, "a", 100_000) == 500  # type: ignore[arg-type]
+    clock.now += PendingCounts.REFRESH_SECONDS
+    store.rows["a"] = 120  # the outbox sent 380 meanwhile
+    assert await counts.count(None, "a", 100_000) == 120  # type: ignore[arg-type]
+    assert store.counts == 2
+
+
+async def test_the_cap_is_exact_in_one_process():
+    counts, store, _ = pending_counts()
+    results = [await accept(counts, store, "a", cap=20) for _ in range(25)]
+    assert results == [True] * 20 + [False] * 5
+    assert store.rows["a"] == 20
+    assert await accept(counts, store, "b", cap=20)  # another key has its own room
+
+
+async def test_near_the_cap_every_acceptance_counts_and_sees_room_freed():
+    counts, store, _ = pending_counts()
+    for _ in range(10):
+        assert await accept(counts, store, "a", cap=10)
+    assert not await accept(counts, store, "a", cap=10)
+    store.rows["a"] = 9  # one canceled (or sent), in this process or another
+    assert await accept(counts, store, "a", cap=10)
+    before = store.counts
+    assert not await accept(counts, store, "a", cap=10)
+    assert store.counts == before + 1  # in the last tenth: counted every time
+
+
+async def test_another_replicas_acceptances_are_seen_within_a_second():
+    counts, store, clock = pending_counts()
+    assert await accept(counts, store, "a", cap=1000)
+    store.rows["a"] = 1000  # another replica filled the key's room
+    clock.now += PendingCounts.REFRESH_SECONDS / 2
+    assert await accept(counts, store, "a", cap=1000)  # not yet seen: one over the cap
+    clock.now += PendingCounts.REFRESH_SECONDS / 2
+    assert not await accept(counts, store, "a", cap=1000)
+
+
+async def test_an_acceptance_before_any_count_leaves_the_count_to_the_store():
+    counts, store, _ = pending_counts()
+    counts.accepted("a")  # nothing counted yet: nothing to add to
+    store.rows["a"] = 3
+    assert await counts.count(None, "a", 100) == 3  # type: ignore[arg-type]
+    assert store.counts == 1
