@@ -233,10 +233,19 @@ class Preflight:
         """Raise MediaRejected (422) naming every failing URL, in order; return when all
         pass. All URLs are checked at once, each within min(3 s, `deadline`)."""
         started = time.perf_counter()
-        timeout = min(self.per_url_seconds, deadline)
-        unique = list(dict.fromkeys(urls))
-        found = await asyncio.gather(*(self._verdict(url, timeout) for url in unique))
-        verdicts = dict(zip(unique, found, strict=True))
+        verdicts: dict[str, Verdict] = {}
+        missing: list[str] = []
+        for url in dict.fromkeys(urls):
+            cached = self.cache.get(url)
+            self.on_cache(cached is not None)
+            if cached is None:
+                missing.append(url)
+            else:
+                verdicts[url] = cached
+        if missing:  # a send whose URLs are all cached (the usual case) never yields here
+            timeout = min(self.per_url_seconds, deadline)
+            found = await asyncio.gather(*(self._fetched(url, timeout) for url in missing))
+            verdicts.update(zip(missing, found, strict=True))
         self.on_duration(time.perf_counter() - started)
         errors = []
         total = 0
@@ -259,12 +268,9 @@ class Preflight:
         if errors:
             raise MediaRejected("A media URL cannot be sent; see `errors`.", errors=errors)
 
-    async def _verdict(self, url: str, timeout: float) -> Verdict:
-        cached = self.cache.get(url)
-        self.on_cache(cached is not None)
-        if cached is not None:
-            return cached
-        # Concurrent sends of one picture share one check.
+    async def _fetched(self, url: str, timeout: float) -> Verdict:
+        """The verdict of a URL not in the cache: concurrent sends of one picture share
+        one check."""
         task = self._in_flight.get(url)
         if task is None:
             task = asyncio.ensure_future(self._fetch(url, timeout))
