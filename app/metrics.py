@@ -345,6 +345,9 @@ class Metrics:
         self._inbound = {s: self.inbound_messages.labels(s) for s in INBOUND_SIGNATURES}
         self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._callbacks: dict[tuple[str, str], Any] = {}
+        self._sends_by_origin: dict[tuple[str, str], Any] = {}
+        self._webhook_attempts: dict[tuple[str, str], Any] = {}
+        self._webhook_durations: dict[str, Any] = {}
         self.circuit_opens.inc(0)
         self.pacing_refusals.inc(0)
         for outcome in OUTBOX_OUTCOMES:
@@ -474,9 +477,20 @@ class Metrics:
         self.webhook_oldest_pending.set(0)
 
     def webhook_attempt(self, endpoint: str, outcome: str, seconds: float | None) -> None:
-        self.webhook_attempts.labels(endpoint, outcome).inc()
+        # Children bound once per label set (endpoints are configured, outcomes fixed): one
+        # attempt per event makes `.labels()` a per-send cost otherwise.
+        key = (endpoint, outcome)
+        attempts = self._webhook_attempts.get(key)
+        if attempts is None:
+            attempts = self._webhook_attempts[key] = self.webhook_attempts.labels(*key)
+        attempts.inc()
         if seconds is not None:
-            self.webhook_duration.labels(endpoint).observe(seconds)
+            duration = self._webhook_durations.get(endpoint)
+            if duration is None:
+                duration = self._webhook_durations[endpoint] = self.webhook_duration.labels(
+                    endpoint
+                )
+            duration.observe(seconds)
 
     def set_webhook_backlog(self, pending: int, oldest_age_seconds: float) -> None:
         self.webhook_pending.set(pending)
@@ -493,7 +507,11 @@ class Metrics:
 
     def send_recorded(self, origin: str, status: str) -> None:
         if origin in ("sync", "outbox") and status in _CALLBACK_STATUSES:
-            self.sends_by_origin.labels(origin, status).inc()
+            key = (origin, status)
+            child = self._sends_by_origin.get(key)
+            if child is None:
+                child = self._sends_by_origin[key] = self.sends_by_origin.labels(*key)
+            child.inc()
 
     def store_batch(self, size: int, seconds: float) -> None:
         self.store_batch_size.observe(size)
