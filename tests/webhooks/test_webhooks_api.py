@@ -352,12 +352,11 @@ async def test_retention_purges_old_deliveries(store_url):
 
 
 # Durability: a crash between the commit and the delivery ----------------------------------------
-# Slow at times: when the first process claimed the event before the kill, the second
-# waits for that claim's lease (30 s) to run out.
-@pytest.mark.slow
 def test_event_committed_before_a_kill_is_delivered_after_restart(tmp_path, fake_plivo):
-    """The service commits the event, is killed (SIGKILL) before it could deliver it, and
-    delivers it after the restart."""
+    """The service commits the event, cannot deliver it (the endpoint is down), is killed
+    (SIGKILL), and delivers it after the restart. The kill waits for the first attempt's
+    outcome: killed between a claim and its outcome, the event would wait out the claim's
+    30-s lease instead (test_an_attempt_cut_short_is_attempted_again)."""
     receiver = Receiver().start()
     port = receiver.port
     receiver.stop()  # the endpoint is down: the first process cannot deliver
@@ -371,6 +370,10 @@ def test_event_committed_before_a_kill_is_delivered_after_restart(tmp_path, fake
     try:
         response = httpx.post(f"{first.url}/api/mms/send", json=VALID, timeout=30)
         assert response.status_code == 200
+        deadline = time.monotonic() + 10
+        while "webhook_attempt_failed" not in first.logs() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "webhook_attempt_failed" in first.logs()
     finally:
         first.proc.send_signal(signal.SIGKILL)
         first.kill()
