@@ -278,9 +278,9 @@ async def schedule_mms(
     limits: Limits,
     db: Database,
     settings: Settings,
+    pending_counts: outbox_store.PendingCounts,
     preflight: Preflight | None = None,
     wake: Callable[[], None] | None = None,
-    pending_counts: outbox_store.PendingCounts | None = None,
 ) -> SendResult:
     """Accept an asynchronous send: the checks a caller should learn about at once
     (validation, opt-out, preflight, the outbox's room, the daily quota), then the message
@@ -297,11 +297,7 @@ async def schedule_mms(
     if preflight is not None:
         await preflight.check(request.media_urls, deadline=settings.plivo_timeout_seconds)
     cap = settings.outbox_max_pending_per_key
-    pending = await (
-        pending_counts.count(db, caller, cap)
-        if pending_counts is not None
-        else outbox_store.pending_count(db, caller)
-    )
+    pending = await pending_counts.count(db, caller, cap)
     if pending >= cap:
         raise OutboxFull(
             f"This API key already has {pending} scheduled messages waiting "
@@ -354,8 +350,7 @@ async def schedule_mms(
         replay = _claim_result(claim)
         if replay is not None:
             return replay
-    if pending_counts is not None:
-        pending_counts.accepted(caller)
+    pending_counts.accepted(caller)
     if wake is not None and due <= now_ms():
         wake()  # due now (a plain respond-async): the outbox sends it at once
     return SendResult(202, body, headers, message_uuid=None, message_id=message_id)

@@ -87,9 +87,10 @@ class PendingCounts:
     """Each key's scheduled messages as this process last counted them, plus what it has
     accepted since: the count is an index range as long as the key's backlog, which made
     every acceptance of a bulk send slower than the one before. The store is counted again
-    once the estimate is a second old or within the last tenth of the cap, so the cap is
-    exact for one process and, across replicas, off by at most a second of the others'
-    acceptances (it already was off by the acceptances in flight)."""
+    once the estimate is a second old, and at every acceptance within the last tenth of the
+    cap: there the check is the store's count, as before (acceptances in flight at the same
+    moment can still overshoot the cap by a few). Far from the cap, the estimate may miss up
+    to a second of other replicas' acceptances."""
 
     REFRESH_SECONDS = 1.0
     NEAR_CAP = 0.9

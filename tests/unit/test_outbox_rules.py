@@ -109,7 +109,7 @@ async def test_far_from_the_cap_the_store_is_counted_once_a_second():
     assert store.counts == 2
 
 
-async def test_the_cap_is_exact_in_one_process():
+async def test_sends_one_after_another_are_refused_exactly_at_the_cap():
     counts, store, _ = pending_counts()
     results = [await accept(counts, store, "a", cap=20) for _ in range(25)]
     assert results == [True] * 20 + [False] * 5
