@@ -77,7 +77,7 @@ async def test_lookups_are_paced_by_reconcile_rate(fast, client_for, fake_plivo)
     times = [c.at for c in fake_plivo.lookups()][:5]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert times[-1] - times[0] >= 4 * 0.25 - 0.05, gaps
-    assert min(gaps) >= 0.1, gaps
+    assert min(gaps) >= 0.05, gaps  # unpaced, they would come milliseconds apart
 
 
 async def test_gives_up_and_settles_as_it_is(fast, client_for, fake_plivo):
