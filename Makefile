@@ -24,18 +24,21 @@ run: $(STAMP)
 # Five workers (pytest-xdist) on two cores: the suite waits on subprocesses, sockets and
 # leases more than it computes. The fleet tests share fixed ports, so they run in one group
 # on one worker, started first (tests/conftest.py orders the groups ahead of the rest).
+# Bytecode is written even where PYTHONDONTWRITEBYTECODE=1: pytest keeps the test modules
+# with their asserts rewritten as bytecode, or every worker rewrites them all at every run.
 TEST_WORKERS ?= 5
 TEST_DIST = -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+TEST_ENV = env -u PYTHONDONTWRITEBYTECODE
 test: $(STAMP)
-	$(PY) -m pytest $(TEST_DIST)
+	$(TEST_ENV) $(PY) -m pytest $(TEST_DIST)
 
 # Schemathesis with 100 examples per operation (`make test` runs 25); CI runs both.
 fuzz: $(STAMP)
-	SCHEMATHESIS_EXAMPLES=100 $(PY) -m pytest tests/test_schemathesis.py
+	SCHEMATHESIS_EXAMPLES=100 $(TEST_ENV) $(PY) -m pytest tests/test_schemathesis.py
 
 # Line coverage of app/ by the in-process tests (subprocesses are not traced).
 coverage: $(STAMP)
-	$(PY) -m pytest $(TEST_DIST) --cov=app --cov-report=term
+	$(TEST_ENV) $(PY) -m pytest $(TEST_DIST) --cov=app --cov-report=term
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check app tests benchmarks

@@ -18,6 +18,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
+from app.__main__ import main as app_main
 from app.config import Settings
 from app.main import create_app
 from app.store.db import Database
@@ -28,7 +29,9 @@ from tests.helpers import (  # noqa: F401  (re-exported: older tests import them
     KEY_B,
     SENDER,
     VALID,
+    Done,
     asgi_client,
+    command_env,
     psql,
 )
 from tests.pgschemas import SchemaPool
@@ -381,6 +384,26 @@ def module_server_factory(
     yield start
     for server in started:
         server.kill()
+
+
+@pytest.fixture
+def app_command(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> Any:
+    """`await app_command(store_url, "optouts", "list")`: `python -m app`'s entry point, in
+    this process, with the environment and argv an operator's process gets
+    (`tests.helpers.app_process` starts the real one): the same behaviour without an
+    interpreter start each."""
+    for name, value in command_env("").items():
+        if name.lower() in Settings.model_fields:
+            monkeypatch.setenv(name, value)
+
+    async def run(store_url: str, *argv: str) -> Done:
+        monkeypatch.setenv("DATABASE_URL", store_url)
+        capfd.readouterr()
+        code = await asyncio.to_thread(app_main, list(argv))
+        out, err = capfd.readouterr()
+        return Done(code, out, err)
+
+    return run
 
 
 @pytest.fixture

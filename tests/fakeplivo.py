@@ -36,10 +36,13 @@ class Action:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     uuid: str | None = None  # the message_uuid to hand out (default: a new one)
+    release: threading.Event | None = None  # answer only once the test sets it
 
 
-def ok(delay: float = 0.0, uuid: str | None = None) -> Action:
-    return Action("ok", delay=delay, uuid=uuid)
+def ok(
+    delay: float = 0.0, uuid: str | None = None, release: threading.Event | None = None
+) -> Action:
+    return Action("ok", delay=delay, uuid=uuid, release=release)
 
 
 def accept_then_drop() -> Action:
@@ -180,6 +183,8 @@ class FakePlivo:
         try:
             if action.delay:
                 await asyncio.sleep(action.delay)
+            if action.release is not None:
+                await asyncio.to_thread(action.release.wait, 60)
             if action.kind == "hang":
                 await asyncio.sleep(3600)
             if action.kind in ("drop", "accept_then_drop"):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 
 import pytest
 
 from app.config import ConfigError, Settings, load_settings, parse_api_keys
+from tests.helpers import startup_refusal
 from tests.server import ROOT, base_env
 
 GOOD = {
@@ -82,19 +81,7 @@ def test_process_refuses_with_one_line_and_no_traceback(tmp_path, env, variable)
     full_env = {**base_env("http://127.0.0.1:9/v1"), **env}
     if variable == "API_KEYS":
         full_env.pop("API_KEYS", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "app"],
-        cwd=tmp_path,
-        env={**full_env, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"configuration error: {variable}:")
-    assert "Traceback" not in result.stderr + result.stdout
+    assert startup_refusal(full_env, tmp_path).startswith(f"configuration error: {variable}:")
 
 
 def test_development_without_credentials_is_sandbox():

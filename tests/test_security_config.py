@@ -6,13 +6,11 @@ configuration").
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from app.config import ConfigError, Settings, load_settings
-from tests.server import ROOT, base_env
+from tests.helpers import startup_refusal
+from tests.server import base_env
 
 GOOD = {
     "PLIVO_AUTH_ID": "MAFAKEAUTHID00000000",
@@ -73,20 +71,8 @@ def test_row3_python_m_app_refuses_in_one_line(tmp_path):
     env = {**base_env("http://127.0.0.1:9/v1"), **GOOD, "HOST": "0.0.0.0"}
     env.pop("API_KEYS", None)
     env.pop("APP_ENV", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "app"],
-        cwd=tmp_path,
-        env={**env, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("configuration error: API_KEYS:")
-    assert "HOST=0.0.0.0" in lines[0]
-    assert "Traceback" not in result.stderr + result.stdout
+    line = startup_refusal(env, tmp_path)
+    assert line.startswith("configuration error: API_KEYS:") and "HOST=0.0.0.0" in line
 
 
 # Row 12: secrets and risky settings -----------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -66,11 +67,23 @@ async def test_keys_are_scoped_per_caller(client, fake_plivo):
 
 
 async def test_concurrent_requests_with_one_key_make_one_call(client, fake_plivo):
-    """50 at once: the database lets one through; the others get 409 while it is in flight."""
-    fake_plivo.set_default(fp.ok(delay=0.5))
-    responses = await asyncio.gather(
-        *(client.post("/api/mms/send", json=VALID, headers=keyed("burst")) for _ in range(50))
-    )
+    """50 at once: the database lets one through; the others get 409 while it is in flight.
+    Plivo answers the one only after the other 49 have their answers, however slowly a
+    loaded machine serves them."""
+    answer = threading.Event()
+    fake_plivo.set_default(fp.ok(release=answer))
+    posts = [
+        asyncio.create_task(client.post("/api/mms/send", json=VALID, headers=keyed("burst")))
+        for _ in range(50)
+    ]
+    pending = set(posts)
+    try:
+        async with asyncio.timeout(30):
+            while len(pending) > 1:
+                _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        answer.set()
+    responses = await asyncio.gather(*posts)
     statuses = sorted(r.status_code for r in responses)
     assert statuses.count(200) == 1 and statuses.count(409) == 49
     conflict = next(r for r in responses if r.status_code == 409)

@@ -7,63 +7,22 @@ command's behaviour is the same, without a ~2 s interpreter start each.
 
 from __future__ import annotations
 
-import asyncio
 import getpass
-import subprocess
-import sys
-from dataclasses import dataclass
 
 import pytest
 
-from app.__main__ import main
-from app.config import Settings
 from app.store import optouts
 from app.store.db import Database, FunctionOp
 from app.store.repository import now_ms
-from tests.server import ROOT, base_env
+from tests.helpers import app_process
 
 NUMBER = "+14155550100"
 
 
-@dataclass
-class Done:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def command_env(store_url: str) -> dict[str, str]:
-    return base_env("http://127.0.0.1:9", DATABASE_URL=store_url)
-
-
-def process(store_url, *args) -> Done:
-    """`python -m app optouts ...` as a process of its own."""
-    result = subprocess.run(
-        [sys.executable, "-m", "app", "optouts", *args],
-        cwd=ROOT,
-        env=command_env(store_url),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return Done(result.returncode, result.stdout, result.stderr)
-
-
 @pytest.fixture
-def cli(monkeypatch, capfd):
-    """`await cli(store_url, "list")`: the command's entry point, in this process."""
-    for name, value in command_env("").items():
-        if name.lower() in Settings.model_fields:
-            monkeypatch.setenv(name, value)
-
-    async def run(store_url, *args) -> Done:
-        monkeypatch.setenv("DATABASE_URL", store_url)
-        capfd.readouterr()
-        code = await asyncio.to_thread(main, ["optouts", *args])
-        out, err = capfd.readouterr()
-        return Done(code, out, err)
-
-    return run
+def cli(app_command):
+    """`await cli(store_url, "list")`: `python -m app optouts list`, in this process."""
+    return lambda store_url, *args: app_command(store_url, "optouts", *args)
 
 
 async def _list(store_url, *numbers):
@@ -131,6 +90,6 @@ async def test_bad_arguments(sqlite_url, cli):
 @pytest.mark.e2e
 def test_the_command_as_a_process(sqlite_url):
     """The real `python -m app optouts list`: exits 0, and lists nothing on an empty list."""
-    empty = process(sqlite_url, "list")
+    empty = app_process(sqlite_url, "optouts", "list")
     assert empty.returncode == 0, empty.stderr
     assert not [x for x in empty.stdout.splitlines() if x[:1] == "+"]

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 import time
 
 import httpx
@@ -18,8 +16,8 @@ from app.retention import purge_once
 from app.store import webhooks as store
 from app.store.db import Database, FunctionOp
 from app.store.tables import webhook_deliveries
-from tests.helpers import API_KEYS, VALID
-from tests.server import ROOT, Server, base_env
+from tests.helpers import API_KEYS, VALID, app_process, startup_refusal
+from tests.server import Server, base_env
 from tests.webhook_receiver import SECRET, Receiver
 from tests.webhooks.test_webhooks import A, B, deliveries, hooked, hooks, inbound, receiver, until
 
@@ -153,21 +151,15 @@ async def test_openapi_declares_the_routes_and_their_errors(hooked, client_for):
 
 
 # The operator's CLI for the `*` endpoint ---------------------------------------------------------
-def cli(store_url, *args):
-    env = base_env("http://127.0.0.1:9", DATABASE_URL=store_url)
-    return subprocess.run(
-        [sys.executable, "-m", "app", "webhooks", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 async def test_cli_lists_and_retries_star_deliveries(
-    hooked, client_for, receiver, fake_plivo, sqlite_url
+    hooked, client_for, receiver, fake_plivo, sqlite_url, app_command
 ):
+    """`python -m app webhooks ...`: the listing from a real process, the rest through the
+    same entry point in this process."""
+
+    async def cli(*args):
+        return await app_command(sqlite_url, "webhooks", *args)
+
     receiver.status = 500
     async with client_for(hooked(database_url=sqlite_url)) as client:
         client.services.webhooks.uniform = lambda a, b: 1000.0  # no retry during the test
@@ -178,14 +170,14 @@ async def test_cli_lists_and_retries_star_deliveries(
         await fail_all(client)
         [inbound_row] = await deliveries(client, webhook_deliveries.c.type == "message.inbound")
         [alpha_row] = await deliveries(client, webhook_deliveries.c.endpoint == "alpha")
-    listed = cli(sqlite_url, "list")
-    failed = cli(sqlite_url, "list", "failed")
-    delivered = cli(sqlite_url, "list", "delivered")
-    bad = cli(sqlite_url, "list", "bogus")
-    not_star = cli(sqlite_url, "retry", alpha_row["id"])
-    malformed = cli(sqlite_url, "retry", "nope")
-    requeued = cli(sqlite_url, "retry", inbound_row["id"])
-    again = cli(sqlite_url, "retry", inbound_row["id"])
+    listed = app_process(sqlite_url, "webhooks", "list")
+    failed = await cli("list", "failed")
+    delivered = await cli("list", "delivered")
+    bad = await cli("list", "bogus")
+    not_star = await cli("retry", alpha_row["id"])
+    malformed = await cli("retry", "nope")
+    requeued = await cli("retry", inbound_row["id"])
+    again = await cli("retry", inbound_row["id"])
     assert listed.returncode == 0, listed.stderr
     lines = [line.split("\t") for line in listed.stdout.splitlines() if line.startswith("msg_")]
     assert len(lines) == 2  # the `*` endpoint's two: the inbound message and the status
@@ -264,17 +256,7 @@ def test_http_endpoint_is_warned_about_in_production(monkeypatch):
 
 def test_python_m_app_refuses_with_one_line(tmp_path):
     env = {**base_env("http://127.0.0.1:9"), "WEBHOOKS": "*=https://x.example"}
-    result = subprocess.run(
-        [sys.executable, "-m", "app"],
-        cwd=tmp_path,
-        env={**env, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("configuration error: WEBHOOK_SECRET:")
+    assert startup_refusal(env, tmp_path).startswith("configuration error: WEBHOOK_SECRET:")
 
 
 # Metrics, text erasure, retention -------------------------------------------------------------
@@ -352,6 +334,7 @@ async def test_retention_purges_old_deliveries(store_url):
 
 
 # Durability: a crash between the commit and the delivery ----------------------------------------
+@pytest.mark.e2e
 def test_event_committed_before_a_kill_is_delivered_after_restart(tmp_path, fake_plivo):
     """The service commits the event, cannot deliver it (the endpoint is down), is killed
     (SIGKILL), and delivers it after the restart. The kill waits for the first attempt's
@@ -392,6 +375,7 @@ def test_event_committed_before_a_kill_is_delivered_after_restart(tmp_path, fake
     assert got[0].error is None
 
 
+@pytest.mark.e2e
 def test_sigterm_lets_an_attempt_in_flight_finish(tmp_path, fake_plivo):
     """SIGTERM while an attempt waits for a slow endpoint: no new claims, the attempt
     completes within the grace period, the delivery is recorded, the process exits 0."""
