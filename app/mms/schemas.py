@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Annotated
 
-import phonenumbers
 from pydantic import (
     AfterValidator,
     AnyHttpUrl,
@@ -19,7 +18,7 @@ from pydantic import (
     TypeAdapter,
 )
 
-from app.phone import canonical_problem
+from app.phone import canonical_region
 from app.status import MessageStatus
 
 MMS_REGIONS = frozenset({"US", "CA"})
@@ -37,10 +36,10 @@ _PRINTABLE_ASCII = re.compile(r"[ -~]{1,255}")
 def _number_problem(number: str) -> str | None:
     # Only the canonical spelling is accepted (app/phone.py: one number, one limit bucket,
     # one opt-out entry), and only where Plivo sends MMS.
-    problem = canonical_problem(number)
+    problem, region = canonical_region(number)
     if problem is not None:
         return problem
-    if phonenumbers.region_code_for_number(phonenumbers.parse(number, None)) not in MMS_REGIONS:
+    if region not in MMS_REGIONS:
         return "must be a US or Canadian number (Plivo sends MMS only there)"
     return None
 
