@@ -41,6 +41,7 @@ import redis
 import yaml
 
 from tests.fakeplivo import AUTH_ID, AUTH_TOKEN, FakePlivo
+from tests.loopback import TLS
 from tests.server import ROOT, Server, base_env
 
 COMPOSE = ROOT / "deploy" / "compose.yaml"
@@ -310,7 +311,7 @@ class RedisServer:
 # The fleet -----------------------------------------------------------------------------------
 def client(url: str, source: str = CLIENT, **kwargs: Any) -> httpx.Client:
     """An HTTP client whose connections leave from `source` (127.0.0.2: untrusted)."""
-    transport = httpx.HTTPTransport(local_address=source)
+    transport = httpx.HTTPTransport(local_address=source, verify=TLS)  # tests/loopback.py
     return httpx.Client(base_url=url, transport=transport, trust_env=False, timeout=20, **kwargs)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from tests.loopback import http_post
 from tests.server import ROOT, base_env
 
 SENDER = "+14155550000"
@@ -46,7 +47,7 @@ def post_send(
     timeout: float = 30.0,
 ) -> httpx.Response:
     """POST /api/mms/send to a real `python -m app` (tests/server.py)."""
-    return httpx.post(f"{server.url}/api/mms/send", json=body, headers=headers, timeout=timeout)
+    return http_post(f"{server.url}/api/mms/send", json=body, headers=headers, timeout=timeout)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 15.0, every: float = 0.05) -> None:

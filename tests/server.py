@@ -15,6 +15,7 @@ import httpx
 
 from app.config import Settings
 from tests.fakeplivo import AUTH_ID, AUTH_TOKEN
+from tests.loopback import http_get
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,7 +64,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.logs()}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                if http_get(f"{self.url}/health", timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

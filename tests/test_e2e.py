@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from tests.helpers import VALID
+from tests.loopback import http_get, http_post
 from tests.server import base_env
 
 pytestmark = pytest.mark.e2e
@@ -15,16 +15,16 @@ def test_a_send_is_recorded_before_its_200_and_sigterm_exits_zero(server_factory
     """End to end: a send reaches the fake and is recorded before the 200 (kill -9 right
     after it, restart: the message is there); /health answers; SIGTERM exits 0 after a drain."""
     server = server_factory()
-    response = httpx.post(f"{server.url}/api/mms/send", json=VALID, timeout=10)
+    response = http_post(f"{server.url}/api/mms/send", json=VALID, timeout=10)
     assert response.status_code == 200, response.text
     message_uuid = response.json()["messageUuid"][0]
     assert message_uuid in fake_plivo.mdrs
     server.proc.kill()
     server.proc.wait(10)
     restarted = server_factory()
-    lookup = httpx.get(f"{restarted.url}/api/mms/{message_uuid}", timeout=10)
+    lookup = http_get(f"{restarted.url}/api/mms/{message_uuid}", timeout=10)
     assert lookup.status_code == 200 and lookup.json()["status"] == "queued"
-    health = httpx.get(f"{restarted.url}/health", timeout=5)
+    health = http_get(f"{restarted.url}/health", timeout=5)
     assert health.json()["mode"] == "live"
     assert restarted.terminate() == 0, restarted.logs()
     assert '"draining"' in restarted.logs()
@@ -38,13 +38,13 @@ def test_sandbox_process_starts_loudly_and_sigterm_drains_its_deliveries(
     reaches Plivo. Shutdown waits for the service's own tasks: the simulated delivery lands."""
     sandbox = {"PLIVO_AUTH_ID": "", "PLIVO_AUTH_TOKEN": "", "PLIVO_SENDER_NUMBER": ""}
     server = server_factory(**sandbox)
-    assert httpx.get(f"{server.url}/health", timeout=5).json()["mode"] == "sandbox"
-    sent = httpx.post(f"{server.url}/api/mms/send", json=VALID, timeout=10)
+    assert http_get(f"{server.url}/health", timeout=5).json()["mode"] == "sandbox"
+    sent = http_post(f"{server.url}/api/mms/send", json=VALID, timeout=10)
     assert sent.status_code == 200
     assert server.terminate() == 0
     assert "SANDBOX MODE" in server.logs()
     restarted = server_factory(**sandbox)
-    message = httpx.get(f"{restarted.url}/api/mms/{sent.json()['messageUuid'][0]}").json()
+    message = http_get(f"{restarted.url}/api/mms/{sent.json()['messageUuid'][0]}").json()
     assert message["status"] == "delivered"
     assert fake_plivo.calls == []
 

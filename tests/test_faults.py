@@ -17,6 +17,7 @@ import pytest
 from tests import fakeplivo as fp
 from tests.helpers import API_KEYS, KEY_A, keyed, wait_for
 from tests.helpers import post_send as post
+from tests.loopback import http_get
 
 pytestmark = pytest.mark.e2e
 A = {"X-API-Key": KEY_A}
@@ -85,7 +86,7 @@ def test_kill_9_mid_send_then_restart_makes_no_new_call(server_factory, fake_pli
     assert late.status_code == 504 and late.json()["code"] == "upstream_timeout"
     assert late.headers["idempotent-replayed"] == "true"
     assert len(fake_plivo.sends()) == 1
-    listed = httpx.get(
+    listed = http_get(
         f"{restarted.url}/api/mms", params={"idempotencyKey": "crash"}, headers=A
     ).json()
     assert [m["status"] for m in listed["items"]] == ["unknown"]
@@ -100,7 +101,7 @@ def test_breaker_opens_answers_without_plivo_one_trial_closes(server_factory, fa
     assert opened.status_code == 503 and opened.json()["code"] == "upstream_unavailable"
     assert 1 <= int(opened.headers["retry-after"]) <= 2
     assert len(fake_plivo.sends()) == 3  # answered without touching Plivo
-    ready = httpx.get(f"{server.url}/ready").json()
+    ready = http_get(f"{server.url}/ready").json()
     assert ready["degraded"] == ["circuit_open"]
     time.sleep(2.2)
     fake_plivo.set_default(fp.ok(delay=1.0))
@@ -110,7 +111,7 @@ def test_breaker_opens_answers_without_plivo_one_trial_closes(server_factory, fa
     assert len(fake_plivo.sends()) == 4  # exactly one trial reached Plivo
     fake_plivo.set_default(fp.ok())
     assert post(server).status_code == 200  # closed again
-    assert httpx.get(f"{server.url}/ready").json()["degraded"] == []
+    assert http_get(f"{server.url}/ready").json()["degraded"] == []
 
 
 def test_sigterm_during_a_slow_send_lets_it_finish(server_factory, fake_plivo):

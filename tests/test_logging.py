@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import sqlite3
 
-import httpx
 import pytest
 
 from app.logging import mask_number, mask_text
 from tests import fakeplivo as fp
 from tests.fakeplivo import AUTH_ID, AUTH_TOKEN
 from tests.helpers import API_KEYS, KEY_A, KEY_B
+from tests.loopback import http_get, http_post
 from tests.server import Server, base_env
 
 TEXT = "top-secret-message-text-4711"
@@ -47,21 +47,21 @@ def test_debug_logs_leak_nothing(fake_plivo, tmp_path):
     try:
         body = {"to": NUMBER, "media_urls": ["https://e.x/a.png"], "text": TEXT}
         url = f"{server.url}/api/mms/send"
-        assert httpx.post(url, json=body, headers={"X-API-Key": KEY_A}).status_code == 200
+        assert http_post(url, json=body, headers={"X-API-Key": KEY_A}).status_code == 200
         assert (
-            httpx.post(url, json=body, headers={"Authorization": f"Bearer {KEY_B}x"}).status_code
+            http_post(url, json=body, headers={"Authorization": f"Bearer {KEY_B}x"}).status_code
             == 401
         )
         fake_plivo.script(fp.status(400, f"'{NUMBER}' is not a valid phone number."))
-        assert httpx.post(url, json=body, headers={"X-API-Key": KEY_B}).status_code == 400
+        assert http_post(url, json=body, headers={"X-API-Key": KEY_B}).status_code == 400
         fake_plivo.script(fp.drop())
-        assert httpx.post(url, json=body, headers={"X-API-Key": KEY_B}).status_code == 502
+        assert http_post(url, json=body, headers={"X-API-Key": KEY_B}).status_code == 502
         bad = {**body, "to": "+4420718387501234"}
-        assert httpx.post(url, json=bad, headers={"X-API-Key": KEY_B}).status_code == 422
-        stored = httpx.post(url, json=body, headers={"X-API-Key": KEY_A, "Idempotency-Key": key})
+        assert http_post(url, json=bad, headers={"X-API-Key": KEY_B}).status_code == 422
+        stored = http_post(url, json=body, headers={"X-API-Key": KEY_A, "Idempotency-Key": key})
         assert stored.status_code == 200
         message_uuid = stored.json()["messageUuid"][0]
-        looked_up = httpx.get(f"{server.url}/api/mms/{message_uuid}", headers={"X-API-Key": KEY_A})
+        looked_up = http_get(f"{server.url}/api/mms/{message_uuid}", headers={"X-API-Key": KEY_A})
         assert looked_up.status_code == 200
     finally:
         assert server.terminate() == 0

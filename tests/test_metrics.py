@@ -7,12 +7,12 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import fakeplivo as fp
 from tests.helpers import API_KEYS, KEY_A, VALID
+from tests.loopback import http_get, http_post
 from tests.server import Server, base_env, free_port
 from tests.signing import FORM, form, v2_headers, v3_headers
 
@@ -338,7 +338,7 @@ def test_two_workers_add_up_and_start_from_an_empty_directory(fake_plivo, tmp_pa
             while len({r["pid"] for r in _request_lines(server, SEND)}) < 2 and sent < 400:
                 statuses = list(
                     pool.map(
-                        lambda _: httpx.post(f"{server.url}{SEND}", json=VALID, timeout=10),
+                        lambda _: http_post(f"{server.url}{SEND}", json=VALID, timeout=10),
                         range(8),
                     )
                 )
@@ -351,7 +351,7 @@ def test_two_workers_add_up_and_start_from_an_empty_directory(fake_plivo, tmp_pa
         while scrapes < 6 or (
             len({r["pid"] for r in _request_lines(server, "/metrics")}) < 2 and scrapes < 60
         ):
-            response = httpx.get(f"{server.url}/metrics", timeout=10)
+            response = http_get(f"{server.url}/metrics", timeout=10)
             assert response.status_code == 200
             samples = parse(response.text)
             assert sends(samples, "ok") == sent, f"scrape {scrapes}"
@@ -382,10 +382,10 @@ def test_two_workers_without_a_directory_get_a_temporary_one(fake_plivo, tmp_pat
     try:
         server.wait_healthy()
         for _ in range(4):
-            assert httpx.post(f"{server.url}{SEND}", json=VALID, timeout=10).status_code == 200
+            assert http_post(f"{server.url}{SEND}", json=VALID, timeout=10).status_code == 200
         assert len(fake_plivo.sends()) == 4
         for _ in range(4):
-            samples = parse(httpx.get(f"{server.url}/metrics", timeout=10).text)
+            samples = parse(http_get(f"{server.url}/metrics", timeout=10).text)
             assert sends(samples, "ok") == 4
         assert server.terminate() == 0, server.logs()
     finally:

@@ -11,7 +11,6 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import httpx
 import pytest
 from sqlalchemy import select, update
 
@@ -21,6 +20,7 @@ from app.store.repository import now_ms
 from app.store.tables import messages
 from tests import fakeplivo as fp
 from tests.helpers import API_KEYS, KEY_A, KEY_B, VALID, wait_for
+from tests.loopback import http_get, http_post
 
 A = {"X-API-Key": KEY_A}
 ASYNC = {**A, "Prefer": "respond-async"}
@@ -326,7 +326,7 @@ def test_kill_9_during_the_post_sends_once_and_reconciles(
     if store_url.startswith("postgresql"):
         env["database_url"] = store_url
     server = server_factory(**env)
-    response = httpx.post(f"{server.url}{SEND}", json=VALID, headers=ASYNC, timeout=30)
+    response = http_post(f"{server.url}{SEND}", json=VALID, headers=ASYNC, timeout=30)
     assert response.status_code == 202
     message_id = response.json()["id"]
     wait_for(lambda: len(fake_plivo.sends()) == 1)
@@ -341,7 +341,7 @@ def test_kill_9_during_the_post_sends_once_and_reconciles(
     restarted = server_factory(**env)
 
     def status() -> str:
-        got = httpx.get(f"{restarted.url}/api/mms/{message_id}", headers=A, timeout=10)
+        got = http_get(f"{restarted.url}/api/mms/{message_id}", headers=A, timeout=10)
         return str(got.json()["status"])
 
     # The lease of the dead holder runs out first (tens of seconds), then the reconciler.
@@ -353,7 +353,7 @@ def test_kill_9_during_the_post_sends_once_and_reconciles(
         json.loads(line)["event"] for line in restarted.logs().splitlines() if line[:1] == "{"
     ]
     assert events.index("outbox_attempt_interrupted") < events.index("reconcile_adopted")
-    final = httpx.get(f"{restarted.url}/api/mms/{message_id}", headers=A, timeout=10).json()
+    final = http_get(f"{restarted.url}/api/mms/{message_id}", headers=A, timeout=10).json()
     assert final["messageUuid"] == plivo_uuid
     # One log line per outbox message, with its id and what became of it.
     lines = [line for line in restarted.logs().splitlines() if '"outbox_send"' in line]
@@ -440,8 +440,8 @@ def test_sigterm_lets_the_outbox_send_in_flight_finish(server_factory, fake_pliv
     fake_plivo.set_default(fp.ok(delay=2.0))
     env = {"api_keys": API_KEYS, "shutdown_grace_seconds": 10}
     server = server_factory(**env)
-    first = httpx.post(f"{server.url}{SEND}", json=VALID, headers=ASYNC, timeout=30)
-    later_one = httpx.post(
+    first = http_post(f"{server.url}{SEND}", json=VALID, headers=ASYNC, timeout=30)
+    later_one = http_post(
         f"{server.url}{SEND}",
         json={**VALID, "to": "+14155559999", "send_at": later(seconds=1)},
         headers=A,
@@ -455,7 +455,7 @@ def test_sigterm_lets_the_outbox_send_in_flight_finish(server_factory, fake_pliv
     restarted = server_factory(**env)
 
     def status(message_id: str) -> str:
-        got = httpx.get(f"{restarted.url}/api/mms/{message_id}", headers=A, timeout=10)
+        got = http_get(f"{restarted.url}/api/mms/{message_id}", headers=A, timeout=10)
         return str(got.json()["status"])
 
     assert status(first.json()["id"]) == "queued"

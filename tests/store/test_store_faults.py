@@ -28,6 +28,7 @@ from app.store.db import FunctionOp, GroupCommitWriter, RecordPending, StoreUnav
 from tests import fakeplivo as fp
 from tests.helpers import API_KEYS, KEY_A, VALID, keyed, psql, wait_for
 from tests.helpers import post_send as post
+from tests.loopback import http_get
 from tests.signing import FORM, form, v3_headers
 from tests.tcpproxy import TcpProxy
 
@@ -40,7 +41,7 @@ PLIVO_HOLDS_SECONDS = 1.5  # time for the test to break the store while a send i
 
 
 def ready(server: Any) -> httpx.Response:
-    return httpx.get(f"{server.url}/ready", timeout=10)
+    return http_get(f"{server.url}/ready", timeout=10)
 
 
 def assert_refused(response: httpx.Response) -> None:
@@ -160,7 +161,7 @@ def test_row4_sqlite_file_back_in_place_writes_the_kept_record_and_sends_resume(
     replay = post(server, VALID, keyed("in-flight"))
     assert replay.status_code == 200 and replay.json() == original
     assert replay.headers["idempotent-replayed"] == "true"
-    looked_up = httpx.get(f"{server.url}/api/mms/{original['messageUuid'][0]}", headers=A)
+    looked_up = http_get(f"{server.url}/api/mms/{original['messageUuid'][0]}", headers=A)
     assert looked_up.status_code == 200 and looked_up.json()["status"] == "queued"
     assert post(server, OTHER).status_code == 200
     assert len(fake_plivo.sends()) == 2

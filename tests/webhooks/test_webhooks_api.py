@@ -7,7 +7,6 @@ import asyncio
 import signal
 import time
 
-import httpx
 import pytest
 from sqlalchemy import select, update
 
@@ -17,6 +16,7 @@ from app.store import webhooks as store
 from app.store.db import Database, FunctionOp
 from app.store.tables import webhook_deliveries
 from tests.helpers import API_KEYS, VALID, app_process, startup_refusal
+from tests.loopback import http_post
 from tests.server import Server, base_env
 from tests.webhook_receiver import SECRET, Receiver
 from tests.webhooks.test_webhooks import A, B, deliveries, hooked, hooks, inbound, receiver, until
@@ -351,7 +351,7 @@ def test_event_committed_before_a_kill_is_delivered_after_restart(tmp_path, fake
     )
     first = Server(dict(env), tmp_path / "first.log").wait_healthy()
     try:
-        response = httpx.post(f"{first.url}/api/mms/send", json=VALID, timeout=30)
+        response = http_post(f"{first.url}/api/mms/send", json=VALID, timeout=30)
         assert response.status_code == 200
         deadline = time.monotonic() + 10
         while "webhook_attempt_failed" not in first.logs() and time.monotonic() < deadline:
@@ -390,7 +390,7 @@ def test_sigterm_lets_an_attempt_in_flight_finish(tmp_path, fake_plivo):
     )
     server = Server(env, tmp_path / "server.log").wait_healthy()
     try:
-        assert httpx.post(f"{server.url}/api/mms/send", json=VALID, timeout=30).status_code == 200
+        assert http_post(f"{server.url}/api/mms/send", json=VALID, timeout=30).status_code == 200
         deadline = time.monotonic() + 30
         while not receiver.got() and time.monotonic() < deadline:
             time.sleep(0.05)
