@@ -22,7 +22,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.phone import E164
+from app.phone import E164, E164_PROBLEM
 
 if TYPE_CHECKING:
     from app.quiet_hours import Window
@@ -430,7 +430,7 @@ class Settings(BaseSettings):
     @classmethod
     def _sender_is_e164(cls, value: str | None) -> str | None:
         if value is not None and not E164.fullmatch(value.strip()):
-            raise ValueError("must be an E.164 number such as +14155550100")
+            raise ValueError(E164_PROBLEM)
         return value.strip() if value else value
 
     @field_validator("plivo_auth_id", "plivo_auth_token", mode="after")

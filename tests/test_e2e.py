@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import VALID
+from tests.helpers import VALID, app_process
 from tests.loopback import http_get, http_post
-from tests.server import base_env
 
 pytestmark = pytest.mark.e2e
 
@@ -49,23 +48,11 @@ def test_sandbox_process_starts_loudly_and_sigterm_drains_its_deliveries(
     assert fake_plivo.calls == []
 
 
-def test_migrate_command_applies_migrations_alone(tmp_path, fake_plivo):
+def test_migrate_command_applies_migrations_alone(tmp_path):
     """`python -m app migrate` creates the schema and exits 0 without serving."""
     import sqlite3
-    import subprocess
-    import sys
 
-    from tests.server import ROOT
-
-    env = base_env(fake_plivo.url, DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/m.db")
-    result = subprocess.run(
-        [sys.executable, "-m", "app", "migrate"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = app_process(f"sqlite+aiosqlite:///{tmp_path}/m.db", "migrate")
     assert result.returncode == 0, result.stderr
     assert "schema at revision" in result.stdout
     tables = {

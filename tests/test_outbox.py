@@ -350,7 +350,7 @@ def test_kill_9_during_the_post_sends_once_and_reconciles(
     # It was an unknown outcome before the reconciler found it: read from the log, as the
     # two steps can fall between two polls of the status.
     events = [
-        json.loads(line)["event"] for line in restarted.logs().splitlines() if line[:1] == "{"
+        json.loads(line).get("event") for line in restarted.logs().splitlines() if line[:1] == "{"
     ]
     assert events.index("outbox_attempt_interrupted") < events.index("reconcile_adopted")
     final = http_get(f"{restarted.url}/api/mms/{message_id}", headers=A, timeout=10).json()

@@ -12,6 +12,7 @@ CASES = [
     ("+16135550123", None, "CA"),
     ("+18095551234", None, "DO"),  # NANP, valid, but not where Plivo sends MMS
     ("+442071838750", None, "GB"),
+    ("+80012345678", None, "001"),  # non-geographic (freephone): no country at all
     ("+112015550177", "must be in canonical E.164 form (+12015550177)", None),
     ("+15555555555", "is not a valid phone number", None),
     ("+999", E164_PROBLEM, None),
