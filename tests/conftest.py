@@ -22,6 +22,7 @@ from app.__main__ import main as app_main
 from app.config import Settings
 from app.main import create_app
 from app.store.db import Database
+from tests import helpers
 from tests.fakeplivo import AUTH_ID, AUTH_TOKEN, FakePlivo
 from tests.helpers import (  # noqa: F401  (re-exported: older tests import them from here)
     API_KEYS,
@@ -29,9 +30,7 @@ from tests.helpers import (  # noqa: F401  (re-exported: older tests import them
     KEY_B,
     SENDER,
     VALID,
-    Done,
     asgi_client,
-    command_env,
     psql,
 )
 from tests.pgschemas import SchemaPool
@@ -392,16 +391,16 @@ def app_command(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[st
     this process, with the environment and argv an operator's process gets
     (`tests.helpers.app_process` starts the real one): the same behaviour without an
     interpreter start each."""
-    for name, value in command_env("").items():
+    for name, value in helpers.command_env("").items():
         if name.lower() in Settings.model_fields:
             monkeypatch.setenv(name, value)
 
-    async def run(store_url: str, *argv: str) -> Done:
+    async def run(store_url: str, *argv: str) -> helpers.Done:
         monkeypatch.setenv("DATABASE_URL", store_url)
         capfd.readouterr()
         code = await asyncio.to_thread(app_main, list(argv))
         out, err = capfd.readouterr()
-        return Done(code, out, err)
+        return helpers.Done(code, out, err)
 
     return run
 
