@@ -44,7 +44,7 @@ from app.auth import Authenticator
 from app.config import Settings
 from app.errors import AppError, DestinationRateLimited, MediaRejected
 from app.logging import get_logger
-from app.media import Preflight
+from app.media import PER_URL_SECONDS, Preflight
 from app.mms.service import callback_url, outcome_fields, record_outcome, send_to_plivo
 from app.pacing import Pacer
 from app.plivo.client import Accepted, OutboundMms
@@ -59,7 +59,6 @@ from app.store.repository import now_ms
 from app.worker import ClaimingWorker
 
 log = get_logger("app.outbox")
-PREFLIGHT_SECONDS = 3.0  # the media check's own bound per URL (checked concurrently)
 LEASE_MARGIN_SECONDS = 20.0  # the record's write (the writer's own bound is 15 s), and slack
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_CAP_SECONDS = 900.0
@@ -83,11 +82,17 @@ def outbox_concurrency(settings: Settings) -> int:
 
 
 def lease_seconds(settings: Settings) -> float:
-    """Long enough for everything a holder does with a claimed message: the media check,
-    the pacing wait (at most half of PACING_MAX_WAIT_SECONDS once granted, after some
-    turns in the queue), the concurrency slot, the send's deadline, the record."""
+    """Long enough for everything a holder does with a claimed message: the media check
+    when it is on (its URLs at once, each within the check's own bound and the send's
+    deadline), the pacing wait (at most half of PACING_MAX_WAIT_SECONDS once granted, after
+    some turns in the queue), the concurrency slot, the send's deadline, the record."""
+    preflight = (
+        min(PER_URL_SECONDS, settings.plivo_timeout_seconds)
+        if settings.media_preflight_enabled
+        else 0.0
+    )
     return (
-        PREFLIGHT_SECONDS
+        preflight
         + settings.pacing_max_wait_seconds
         + SLOT_WAIT_SECONDS
         + settings.plivo_timeout_seconds

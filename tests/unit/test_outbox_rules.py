@@ -38,10 +38,13 @@ def test_concurrency_follows_the_rate():
 
 
 def test_the_lease_covers_everything_a_holder_does():
-    defaults = settings()
-    # preflight 3 + pacing 2 + slot 1 + Plivo 10 + the record's write and slack 20
-    assert lease_seconds(defaults) == 36.0
-    assert lease_seconds(settings(plivo_timeout_seconds=30)) == 56.0
+    # No media check (sandbox mode's default): pacing 2 + slot 1 + Plivo 10 + the record's
+    # write and slack 20.
+    assert lease_seconds(settings()) == 33.0
+    assert lease_seconds(settings(plivo_timeout_seconds=30)) == 53.0
+    # With the check: its own 3 s per URL (URLs at once), within the send's deadline.
+    assert lease_seconds(settings(media_preflight=True)) == 36.0
+    assert lease_seconds(settings(media_preflight=True, plivo_timeout_seconds=2)) == 27.0
 
 
 @pytest.mark.parametrize(
