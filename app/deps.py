@@ -8,11 +8,14 @@ through `request.state` — never through `app.state`. Tests replace any of thes
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, TypedDict
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
 from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import AfterValidator, BeforeValidator
 
 from app.auth import Authenticator, api_key_scheme, bearer_scheme
 from app.config import Settings
@@ -99,3 +102,24 @@ IdempotencyKeyDep = Annotated[
         "kept 24 h per API key.",
     ),
 ]
+
+
+# Times in queries (`?since=`) --------------------------------------------------------------
+_ISO_DATE_FIRST = re.compile(r"\d{4}-\d{2}-\d{2}(?:[Tt ]|$)")
+
+
+def _iso_8601_text(value: Any) -> Any:
+    """A time in a query is ISO 8601 text. pydantic's datetime would also read a number
+    (`1700000000`, `1e-307`) as Unix time, which the API does not offer and its OpenAPI
+    `format: date-time` does not allow."""
+    if not isinstance(value, str) or _ISO_DATE_FIRST.match(value) is None:
+        raise ValueError("must be an ISO 8601 date-time, e.g. 2026-12-01T00:00:00Z")
+    return value
+
+
+def _utc_if_naive(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+# An ISO 8601 date-time; one without an offset is UTC.
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_8601_text), AfterValidator(_utc_if_naive)]

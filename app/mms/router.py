@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -11,7 +10,7 @@ from pydantic import AfterValidator, ValidationError
 from starlette.responses import Response
 
 from app import errors
-from app.deps import CallerDep, IdempotencyKeyDep, ServicesDep
+from app.deps import CallerDep, IdempotencyKeyDep, IsoDateTime, ServicesDep
 from app.mms import service
 from app.mms.schemas import (
     MessageOut,
@@ -158,7 +157,9 @@ async def list_messages(
         Query(max_length=16, description="Destination, canonical E.164 (as sent)"),
     ] = None,
     status: Annotated[MessageStatus | None, Query()] = None,
-    since: Annotated[datetime | None, Query(description="ISO 8601; created at or after")] = None,
+    since: Annotated[
+        IsoDateTime | None, Query(description="ISO 8601; created at or after (no offset: UTC)")
+    ] = None,
     idempotencyKey: Annotated[
         ListedIdempotencyKey | None,
         Query(min_length=1, max_length=255, description="1-255 printable ASCII characters"),
@@ -170,8 +171,6 @@ async def list_messages(
     position = repository.decode_cursor(cursor) if cursor is not None else None
     if cursor is not None and position is None:  # an empty one too: never a first page again
         raise errors.invalid(("query", "cursor"), "not a cursor from this service")
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
     async with services.db.read() as conn:
         rows, next_cursor = await repository.list_messages(
             conn,

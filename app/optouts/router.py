@@ -5,7 +5,6 @@ or an operator (`python -m app optouts remove`)."""
 from __future__ import annotations
 
 import functools
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
@@ -13,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from app import errors
-from app.deps import CallerDep, ServicesDep
+from app.deps import CallerDep, IsoDateTime, ServicesDep
 from app.logging import get_logger
 from app.openapi import body_read_by_hand
 from app.phone import canonical_problem
@@ -92,15 +91,15 @@ ERRORS = (errors.Unauthorized, errors.ServiceUnavailable, errors.InternalError)
 async def list_optouts(
     caller: CallerDep,
     services: ServicesDep,
-    since: Annotated[datetime | None, Query(description="ISO 8601; listed at or after")] = None,
+    since: Annotated[
+        IsoDateTime | None, Query(description="ISO 8601; listed at or after (no offset: UTC)")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200, description="From `nextCursor`")] = None,
 ) -> OptoutPage:
     position = optouts.decode_cursor(cursor) if cursor is not None else None
     if cursor is not None and position is None:
         raise errors.invalid(("query", "cursor"), "not a cursor from this service")
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
     async with services.db.read() as conn:
         rows, next_cursor = await optouts.list_entries(
             conn,

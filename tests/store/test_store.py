@@ -84,10 +84,14 @@ async def test_listing_is_newest_first_and_paginated(keyed, client_for, fake_pli
         since = (
             await client.get("/api/mms", params={"since": "2999-01-01T00:00:00Z"}, headers=A)
         ).json()
+        naive = (  # no offset: UTC
+            await client.get("/api/mms", params={"since": "2000-01-01T00:00:00"}, headers=A)
+        ).json()
     assert [len(p) for p in pages] == [2, 2, 1]
     assert [u for p in pages for u in p] == list(reversed(sent))
     assert [m["messageUuid"] for m in by_to["items"]] == [sent[3]]
     assert by_status["items"] == [] and since["items"] == []
+    assert len(naive["items"]) == 5
 
 
 @pytest.mark.parametrize(
@@ -98,6 +102,8 @@ async def test_listing_is_newest_first_and_paginated(keyed, client_for, fake_pli
         {"limit": "ten"},
         {"status": "lost"},
         {"since": "yesterday"},
+        {"since": "1700000000"},  # pydantic alone would read a number as Unix time
+        {"since": "1.866519284748981e-307"},  # what schemathesis sent
         {"cursor": "!!!"},
         {"idempotencyKey": ""},
     ],
