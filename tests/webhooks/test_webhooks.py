@@ -339,6 +339,10 @@ async def test_hanging_endpoint_delays_no_send_and_no_other_endpoint(
                 timings.append(time.perf_counter() - started)
                 assert response.status_code == 200
             await until(lambda: len(other.got()) == total, timeout=10)
+            # The other endpoint's attempts have their answers; until their outcomes are
+            # written they are still in flight. Then what is in flight is the hanging
+            # endpoint's: no more than its receiver has seen.
+            await until(lambda: worker.in_flight <= len(receiver.got()), timeout=5)
             hung = len(receiver.got())
             in_flight = worker.in_flight
             receiver.unhang()
