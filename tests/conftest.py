@@ -205,7 +205,7 @@ def _redis_available(url: str) -> bool:
 
 def _worker_redis_url() -> str:
     """Database 11 for the first pytest-xdist worker (or no xdist), 10 for the second, and so
-    on down (7 for `make test`'s fifth): workers never flush each other's keys (the fleet
+    on down (5 for `make test`'s seventh): workers never flush each other's keys (the fleet
     tests use 12-15)."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     return f"redis://127.0.0.1:6379/{11 - int(worker.removeprefix('gw'))}"
