@@ -1,6 +1,6 @@
 """Instructions per send (callgrind) and where they go (py-spy), every feature on.
 
-    python benchmarks/send_cost.py count [--concurrency 50] [--runs 1]
+    python benchmarks/send_cost.py count [--concurrency 50] [--runs 1] [--app floor]
     python benchmarks/send_cost.py layers [--concurrency 50] [--sends 4000]
 
 `count`: like feature_cost.py's "all features on" row (valgrind's callgrind, SHORT then
@@ -9,6 +9,8 @@ the sends either one after the other (`--concurrency 1`, the row feature_cost.py
 one commit per record) or `--concurrency` at a time, as scenario 1's 50 connections (the
 group-commit writer then shares commits). Instruction counts are the same whatever the
 machine's load, so a change is measured before and after on this count, not in req/s.
+`--app floor` counts floor.py's `plivo` app the same way (parse the body, POST to Plivo,
+answer): the part of a send that is not the service's own work.
 
 `layers`: the same in-process sends, without valgrind, sampled by py-spy; each sample goes
 to the innermost layer of profile.py's table on its stack. Multiplied by `count`'s figure
@@ -47,9 +49,16 @@ def _free_port() -> int:
 
 
 def drive(
-    count: int, concurrency: int, database: str, fake_url: str, media_url: str, limits: str
+    count: int,
+    concurrency: int,
+    database: str,
+    fake_url: str,
+    media_url: str,
+    limits: str,
+    app_name: str = "service",
 ) -> None:
-    """Build the app (every feature on, as feature_cost.py) and send `count` times."""
+    """Build the app (every feature on, as feature_cost.py; or floor.py's `plivo` app)
+    and send `count` times."""
     sys.path.insert(0, str(ROOT))
     from urllib.parse import urlsplit
 
@@ -58,27 +67,38 @@ def drive(
     from app.config import Settings
     from app.main import create_app
 
-    app = create_app(
-        Settings(
-            _env_file=None,
-            plivo_auth_id="MAFAKEAUTHID00000000",
-            plivo_auth_token="fake-auth-token-0123456789",  # tests/fakeplivo.py's
-            plivo_sender_number="+14155550000",
-            plivo_api_url=fake_url,
-            log_format="json",
-            log_level="info",
-            database_url=database,
-            api_keys="b:bench-0123456789abcdef",
-            public_base_url="https://mms.example.com",
-            rate_limit="100/minute",
-            rate_limit_per_destination="100000/hour",
-            daily_quota_per_key=1_000_000_000,
-            send_rate="10000/second",
-            media_preflight=True,
-            media_allow_hosts=urlsplit(media_url).netloc,
-            rate_limit_storage_url=limits,
+    if app_name == "floor":
+        from floor import FloorApp
+
+        from tests.fakeplivo import AUTH_ID, AUTH_TOKEN
+
+        os.environ.update(
+            PLIVO_API_URL=fake_url, PLIVO_AUTH_ID=AUTH_ID, PLIVO_AUTH_TOKEN=AUTH_TOKEN
         )
-    )
+        app: Any = FloorApp("plivo")
+    else:
+        app = create_app(
+            Settings(
+                _env_file=None,
+                plivo_auth_id="MAFAKEAUTHID00000000",
+                plivo_auth_token="fake-auth-token-0123456789",  # tests/fakeplivo.py's
+                plivo_sender_number="+14155550000",
+                plivo_api_url=fake_url,
+                log_format="json",
+                log_level="info",
+                database_url=database,
+                api_keys="b:bench-0123456789abcdef",
+                public_base_url="https://mms.example.com",
+                rate_limit="100/minute",
+                rate_limit_per_destination="100000/hour",
+                daily_quota_per_key=1_000_000_000,
+                send_rate="10000/second",
+                media_preflight=True,
+                media_allow_hosts=urlsplit(media_url).netloc,
+                rate_limit_storage_url=limits,
+            )
+        )
+
     devnull = open(os.devnull, "w")  # noqa: SIM115 - the log lines are written, then dropped
 
     async def one(app_: Any, i: int) -> int:
@@ -173,7 +193,9 @@ def _database(tmp: str) -> str:
     return database
 
 
-def instructions(count: int, concurrency: int, servers: Servers, limits: str) -> int:
+def instructions(
+    count: int, concurrency: int, servers: Servers, limits: str, app_name: str = "service"
+) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         run = subprocess.run(
@@ -192,6 +214,7 @@ def instructions(count: int, concurrency: int, servers: Servers, limits: str) ->
                         servers.fake_url,
                         servers.media_url,
                         limits,
+                        app_name,
                     ]
                 ),
             ],
@@ -207,7 +230,7 @@ def instructions(count: int, concurrency: int, servers: Servers, limits: str) ->
     raise RuntimeError("no callgrind summary")
 
 
-def count(concurrency: int, runs: int, limits: str) -> None:
+def count(concurrency: int, runs: int, limits: str, app_name: str = "service") -> None:
     per_send = []
     with Servers() as servers:
         for _ in range(runs):
@@ -215,8 +238,8 @@ def count(concurrency: int, runs: int, limits: str) -> None:
                 import redis
 
                 redis.Redis.from_url(limits).flushdb()
-            short = instructions(SHORT, concurrency, servers, limits)
-            long = instructions(LONG, concurrency, servers, limits)
+            short = instructions(SHORT, concurrency, servers, limits, app_name)
+            long = instructions(LONG, concurrency, servers, limits, app_name)
             per_send.append(round((long - short) / (LONG - SHORT)))
             print(f"concurrency {concurrency}: {per_send[-1]:,} instructions/send", flush=True)
     if runs > 1:
@@ -304,8 +327,14 @@ if __name__ == "__main__":
         help="layers: only samples of the thread holding the GIL (Python's own work; a "
         "driver's C code that releases the GIL, such as sqlite3's, is left out)",
     )
+    parser.add_argument(
+        "--app",
+        choices=("service", "floor"),
+        default="service",
+        help="count: the service, or floor.py's `plivo` app (no work of the service's own)",
+    )
     options = parser.parse_args()
     if options.what == "count":
-        count(options.concurrency, options.runs, options.limits)
+        count(options.concurrency, options.runs, options.limits, options.app)
     else:
         layers(options.concurrency, options.sends, options.raw, options.gil, options.limits)
