@@ -6,7 +6,7 @@ Each round queues `--events` pending `message.status` deliveries for one endpoin
 fresh SQLite store (nothing else runs: no sends, no HTTP server), then starts the
 delivery worker (`app.webhooks.delivery`, the service's own settings: one aiohttp
 session, 10 s per attempt, Standard Webhooks signatures, one log line per delivery to
-/dev/null) against `webhook_receiver.py` on CPU 1, and reports the CPU of this process
+/dev/null) on CPU 0 against `webhook_receiver.py` on CPU 1, and reports the CPU of this process
 (`time.process_time()`: the worker, its claims and its outcome writes) per delivered event
 and the rate, until none is pending. `floor.py` gives what a bare aiohttp POST costs.
 """
@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=4000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    os.sched_setaffinity(0, {0})  # the worker on CPU 0, the receiver on CPU 1
     port = _free_port()
     receiver = subprocess.Popen(
         [

@@ -4,14 +4,18 @@
 
 Runs scenario 1 (fake Plivo at 0 ms, 50 connections, the peer's `compare.sh`, both
 services on CPU 0) against two minimal ASGI apps on the service's own server settings
-(uvicorn, uvloop, httptools, one process), each side by side with the peer:
+(uvicorn, uvloop, its bounded httptools protocol and keep-alive timeout, one process),
+each side by side with the peer:
 
 - `plivo`: parse the JSON body, one aiohttp POST to the fake Plivo (basic auth, JSON), as
-  the service's client does, answer 200 with Plivo's answer. A send with no records,
-  checks, logs or metrics.
-- `plivo+webhook`: the same, plus one aiohttp POST of a small JSON event to a webhook
-  receiver on CPU 1: the third HTTP exchange a send has when one endpoint takes its
-  key's events.
+  the service's client does, answer 200 with Plivo's answer (a Plivo error is a 500, so
+  wrk counts it). A send with no records, checks, logs or metrics.
+- `plivo+webhook`: the same, plus one bare aiohttp POST of a small JSON event to a webhook
+  receiver on CPU 1, inline: the third HTTP exchange a send has when one endpoint takes
+  its key's events, without the delivery's signature, claim and outcome write.
+
+CPU 1 carries the fake Plivo, wrk and the receiver: at these rates the app's req/s is a
+lower bound; its CPU per request is the figure to read.
 
 No row is the service: the gap between these rows and the service's scenario 1 is the
 service's own work, and the gap between these rows and the peer is the floor of the
@@ -37,6 +41,7 @@ import orjson
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))  # the service's HTTP protocol class
 
 VARIANTS = ("plivo", "plivo+webhook")
 PORT = 3102
@@ -93,6 +98,7 @@ class FloorApp:
                 data=orjson.dumps(payload),
                 headers={"Authorization": self.auth, "Content-Type": "application/json"},
             ) as response:
+                response.raise_for_status()
                 answer = orjson.loads(await response.read())
         if self.variant == "plivo+webhook" and self.session is not None:
             event = {"type": "message.status", "timestamp": _now_iso(), "data": answer}
@@ -124,12 +130,15 @@ def _now_iso() -> str:
 def serve() -> None:
     import uvicorn
 
+    from app.http_protocol import KEEP_ALIVE_SECONDS
+
     uvicorn.run(
         FloorApp(os.environ.get("FLOOR_VARIANT", "plivo")),
         host="127.0.0.1",
         port=int(os.environ.get("PORT", PORT)),
         loop="uvloop",
-        http="httptools",
+        http="app.http_protocol:BoundedHttpToolsProtocol",  # as app/__main__.py
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
         access_log=False,
         log_level="warning",
     )
@@ -165,6 +174,8 @@ def main() -> None:
                 for line in proc.stdout:
                     if line.startswith("SUMMARY_JSON "):
                         summary = json.loads(line.removeprefix("SUMMARY_JSON "))
+                    elif line.startswith(("WARNING", "ratio", "note")):
+                        print("   ", line.rstrip(), flush=True)
             if proc.returncode != 0 or not summary:
                 raise SystemExit(f"compare.sh failed for {variant} (exit {proc.returncode})")
             results.append((variant, summary))
@@ -174,8 +185,9 @@ def main() -> None:
         f"{args.rounds} interleaved rounds of {args.duration} s per side "
         "(`python benchmarks/floor.py`).",
         "",
-        "| app | peer req/s | app req/s | ratio | peer CPU/request | app CPU/request |",
-        "|---|---|---|---|---|---|",
+        "| app | peer req/s | app req/s | ratio | peer CPU/request | app CPU/request "
+        "| app's non-2xx, socket errors |",
+        "|---|---|---|---|---|---|---|",
         *(f"| {variant} | {_row(summary)} |" for variant, summary in results),
     ]
     text = "\n".join(lines) + "\n"
@@ -187,7 +199,8 @@ def _row(summary: dict[str, Any]) -> str:
     a, b, ratio = summary["A"], summary["B"], summary["ratio_B_over_A"]
     return (
         f"{a['median_rps']} | {b['median_rps']} | {ratio['rps']}× | "
-        f"{a['median_svc_cpu_ms_per_req']} ms | {b['median_svc_cpu_ms_per_req']} ms"
+        f"{a['median_svc_cpu_ms_per_req']} ms | {b['median_svc_cpu_ms_per_req']} ms | "
+        f"{b['non2xx_total']}, {b['errors_total']}"
     )
 
 
