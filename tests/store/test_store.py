@@ -84,7 +84,7 @@ async def test_listing_is_newest_first_and_paginated(keyed, client_for, fake_pli
         since = (
             await client.get("/api/mms", params={"since": "2999-01-01T00:00:00Z"}, headers=A)
         ).json()
-        naive = (  # no offset: UTC
+        naive = (  # a time without an offset is taken (as UTC: tests/unit/test_query_times.py)
             await client.get("/api/mms", params={"since": "2000-01-01T00:00:00"}, headers=A)
         ).json()
     assert [len(p) for p in pages] == [2, 2, 1]
